@@ -1,0 +1,33 @@
+"""Celery and worker_bridge settings.
+
+Connection strings come from the environment: CELERY_BROKER_URL (the broker),
+WORKER_BRIDGE_DATABASE_URL (the database holding worker_jobs) and
+WORKER_BRIDGE_JOBS (the package of job modules). Durations are in seconds.
+"""
+
+import os
+
+broker_url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# Zone in which cron expressions are evaluated (and Celery's own clock).
+timezone = "UTC"
+enable_utc = True
+
+# --- worker_bridge ---------------------------------------------------------------
+# A started, unfinished job older than this counts as pending again (the seed's hour).
+worker_bridge_stale_after = 3600
+# How long failed and cancelled rows are kept before remove_old_worker_jobs deletes them.
+worker_bridge_failed_retention = 7 * 24 * 3600
+# How often a worker refreshes the heartbeat of a running job.
+worker_bridge_heartbeat_interval = 5
+# A running job whose heartbeat is older than this is run again (its worker died).
+worker_bridge_heartbeat_timeout = 60
+# A dispatched job that no worker started within this long is sent again (lost message).
+worker_bridge_redispatch_after = 60
+# Most rows the dispatcher moves to the broker in one transaction.
+worker_bridge_dispatch_batch_size = 500
+# Longest the dispatcher sleeps when nothing is due sooner.
+worker_bridge_max_interval = 5
+# Largest job data accepted by schedule_job, in bytes of JSON.
+worker_bridge_max_data_bytes = 1024 * 1024
+# Largest run() result stored, in bytes of JSON; a larger one fails the job.
+worker_bridge_max_result_bytes = 1024 * 1024

@@ -1,0 +1,126 @@
+"""Fixtures shared by every layer of the suite.
+
+A test run creates a PostgreSQL database of its own (migrated once), and each
+test starts from an empty ``worker_jobs``. The server is
+$WORKER_BRIDGE_TEST_ADMIN_URL (default: postgres on 127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from worker_bridge import store
+from worker_bridge.bootstrap import BridgeApp, set_bridge
+from worker_bridge.migrations import upgrade_database
+from worker_bridge.models import WorkerJob
+from worker_bridge.settings import Settings
+
+ADMIN_URL = os.environ.get(
+    "WORKER_BRIDGE_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+TEST_JOBS = "tests.testjobs"
+
+os.environ.setdefault("WORKER_BRIDGE_JOBS", TEST_JOBS)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """URL of a database created for this test run, migrated to head, dropped at the end."""
+    name = f"worker_bridge_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    upgrade_database(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_bridge(database_url: str) -> Iterator[BridgeApp]:
+    bridge = BridgeApp.from_settings(Settings(database_url=database_url, jobs_package=TEST_JOBS))
+    yield bridge
+    bridge.dispose()
+
+
+@pytest.fixture
+def bridge(session_bridge: BridgeApp) -> Iterator[BridgeApp]:
+    """The test run's BridgeApp, installed as the process default, on an empty table."""
+    with session_bridge.engine.begin() as connection:
+        connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
+    set_bridge(session_bridge)
+    yield session_bridge
+    set_bridge(None)
+
+
+@pytest.fixture
+def engine(bridge: BridgeApp) -> Engine:
+    return bridge.engine
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def job_factory(engine: Engine) -> Callable[..., WorkerJob]:
+    """Insert a row directly, in whatever state the overrides describe."""
+
+    def make(**overrides: Any) -> WorkerJob:
+        now = utcnow()
+        values: dict[str, Any] = {
+            "type": "echo",
+            "user_id": 1,
+            "data": {},
+            "due": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        values.update(overrides)
+        table = WorkerJob.__table__
+        with engine.begin() as connection:
+            row = connection.execute(
+                table.insert().values(**values).returning(*table.columns)
+            ).one()
+        return store.job_from_row(row)
+
+    return make
+
+
+@pytest.fixture
+def fetch(engine: Engine) -> Callable[[int], WorkerJob]:
+    """Read a row back by id (fails the test if it is gone)."""
+
+    def get(job_id: int) -> WorkerJob:
+        with engine.connect() as connection:
+            job = store.get_job(connection, job_id)
+        assert job is not None, f"job {job_id} is gone"
+        return job
+
+    return get
+
+
+@pytest.fixture
+def all_jobs(engine: Engine) -> Callable[[], list[WorkerJob]]:
+    def read() -> list[WorkerJob]:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                WorkerJob.__table__.select().order_by(WorkerJob.__table__.c.id)
+            )
+            return [store.job_from_row(row) for row in rows]
+
+    return read

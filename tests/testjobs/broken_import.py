@@ -1,0 +1,3 @@
+"""A job module that raises at import."""
+
+raise RuntimeError("this module is broken on purpose")

@@ -1,0 +1,3 @@
+"""A job module without run()."""
+
+RUN = "not a function"

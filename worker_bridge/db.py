@@ -1,0 +1,63 @@
+"""Engines and sessions: how worker_bridge connects. No queries live here."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker_bridge.errors import ConfigurationError
+
+#: JSON as PostgreSQL accepts it: NaN and Infinity are not JSON, and compact
+#: separators keep large payloads smaller on the wire.
+json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
+
+
+def create_db_engine(url: str, **kwargs: Any) -> Engine:
+    """Create the engine worker_bridge uses for ``url``.
+
+    On PostgreSQL every connection runs in UTC so that timestamps need no
+    conversion; on SQLite foreign keys are switched on (off by default there).
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            "WORKER_BRIDGE_DATABASE_URL is not a SQLAlchemy URL "
+            "(e.g. postgresql+psycopg://user@host/db)"
+        ) from exc
+    backend = parsed.get_backend_name()
+    options: dict[str, Any] = {"json_serializer": json_dumps, "pool_pre_ping": True}
+    if backend == "postgresql":
+        options["connect_args"] = {"options": "-c timezone=UTC"}
+    options.update(kwargs)
+    engine = create_engine(parsed, **options)
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to ``engine`` whose objects stay readable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password masked, for logs and error messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"

@@ -1,0 +1,74 @@
+"""Every exception worker_bridge raises, under one root.
+
+::
+
+    WorkerBridgeError
+    ├── ConfigurationError            settings or environment that cannot work
+    ├── InvalidJobError               a job config that must not be written
+    │   ├── UnknownJobTypeError       (also ValueError) no module of that name in the jobs package
+    │   ├── InvalidJobDataError       (also ValueError/TypeError) not storable JSON, or too large
+    │   ├── InvalidUserIdError        (also TypeError/ValueError) not a 32-bit int
+    │   ├── InvalidDueError           (also ValueError/TypeError) due naive or not a datetime
+    │   ├── InvalidDelayError         (also ValueError/TypeError) negative or non-numeric delay
+    │   └── InvalidCronError          (also ValueError) a cron string that cannot be parsed
+    ├── JobNotFoundError              (also LookupError) no row with that id
+    ├── JobModuleError                a job module that cannot be imported or has no run()
+    └── StaleAttemptError             a write from an attempt the table no longer recognises
+
+Validation errors also subclass ValueError or TypeError so that callers who
+catch the built-in kind keep working.
+"""
+
+from __future__ import annotations
+
+
+class WorkerBridgeError(Exception):
+    """Root of every exception raised by worker_bridge."""
+
+
+class ConfigurationError(WorkerBridgeError):
+    """A setting or environment variable has a value that cannot work."""
+
+
+class InvalidJobError(WorkerBridgeError):
+    """A job config was rejected before anything was written or cancelled."""
+
+
+class UnknownJobTypeError(InvalidJobError, ValueError):
+    """The job type names no module in the jobs package."""
+
+
+class InvalidJobDataError(InvalidJobError, ValueError, TypeError):
+    """The job's data (or a run() result) is not a JSON object that can be stored."""
+
+
+class InvalidUserIdError(InvalidJobError, TypeError, ValueError):
+    """user_id is not an int, or does not fit the table's 32-bit column."""
+
+
+class InvalidDueError(InvalidJobError, ValueError, TypeError):
+    """due is not a timezone-aware datetime."""
+
+
+class InvalidDelayError(InvalidJobError, ValueError, TypeError):
+    """A delay is negative or is neither milliseconds (int) nor a timedelta."""
+
+
+class InvalidCronError(InvalidJobError, ValueError):
+    """A cron expression that cannot be parsed or never fires."""
+
+
+class JobNotFoundError(WorkerBridgeError, LookupError):
+    """No worker_jobs row has the given id."""
+
+
+class JobModuleError(WorkerBridgeError):
+    """A job module failed to import or does not define a callable run()."""
+
+
+class StaleAttemptError(WorkerBridgeError):
+    """A write carried an attempt token that is no longer the row's current one.
+
+    Raised when a worker that was presumed dead (and whose job was handed to
+    another attempt) tries to write its heartbeat, result or follow-up.
+    """
