@@ -27,7 +27,34 @@ worker_bridge_redispatch_after = 60
 worker_bridge_dispatch_batch_size = 500
 # Longest the dispatcher sleeps when nothing is due sooner.
 worker_bridge_max_interval = 5
+# Most jobs sent to the broker and not yet started at once; a larger backlog waits
+# in the table, so the broker never holds more than this (nor Redis's memory).
+worker_bridge_max_in_flight = 5000
 # Largest job data accepted by schedule_job, in bytes of JSON.
 worker_bridge_max_data_bytes = 1024 * 1024
 # Largest run() result stored, in bytes of JSON; a larger one fails the job.
 worker_bridge_max_result_bytes = 1024 * 1024
+
+# --- Celery, as the bridge needs it (worker_bridge sets these as defaults too) -----
+# JSON only: a pickled message is refused.
+accept_content = ["json"]
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+# At-least-once delivery; the table's atomic claim makes a redelivered message harmless.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message per free pool process, so a long job never holds short ones in its prefetch.
+worker_prefetch_multiplier = 1
+# Results are written to worker_jobs.result; no result backend is needed.
+task_ignore_result = True
+# Task events for Flower and `celery events`.
+worker_send_task_events = True
+task_send_sent_event = True
+# `celery -A worker_bridge beat` (or `worker -B`) runs the dispatcher.
+beat_scheduler = "worker_bridge.dispatcher:DispatcherScheduler"
+broker_connection_retry_on_startup = True
+# Hard and soft time limits of one job, in seconds. Keep the hard limit below
+# worker_bridge_stale_after, or a job still running would be started again.
+task_time_limit = 3300
+task_soft_time_limit = 3240

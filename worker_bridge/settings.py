@@ -29,6 +29,7 @@ CONF_DEFAULTS: dict[str, Any] = {
     "worker_bridge_redispatch_after": 60.0,
     "worker_bridge_dispatch_batch_size": 500,
     "worker_bridge_max_interval": 5.0,
+    "worker_bridge_max_in_flight": 5000,
     "worker_bridge_max_data_bytes": 1024 * 1024,
     "worker_bridge_max_result_bytes": 1024 * 1024,
 }
@@ -61,6 +62,8 @@ class Settings:
     dispatch_batch_size: int = 500
     #: Longest the dispatcher sleeps when nothing is due sooner.
     max_interval: timedelta = timedelta(seconds=5)
+    #: Most rows sent and not yet started at once; the backlog beyond waits in the table.
+    max_in_flight: int = 5000
     #: Largest serialized ``data`` accepted by the scheduling API, in bytes.
     max_data_bytes: int = 1024 * 1024
     #: Largest serialized ``result`` stored; a larger one fails the job.
@@ -78,7 +81,8 @@ class Settings:
             value = getattr(self, name)
             if value <= timedelta(0):
                 raise ConfigurationError(f"worker_bridge_{name} must be positive, got {value}")
-        for name in ("dispatch_batch_size", "max_data_bytes", "max_result_bytes"):
+        for name in ("dispatch_batch_size", "max_in_flight", "max_data_bytes",
+                     "max_result_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"worker_bridge_{name} must be at least 1")
         if self.heartbeat_interval >= self.heartbeat_timeout:
@@ -127,6 +131,7 @@ class Settings:
             redispatch_after=seconds("worker_bridge_redispatch_after"),
             dispatch_batch_size=integer("worker_bridge_dispatch_batch_size"),
             max_interval=seconds("worker_bridge_max_interval"),
+            max_in_flight=integer("worker_bridge_max_in_flight"),
             max_data_bytes=integer("worker_bridge_max_data_bytes"),
             max_result_bytes=integer("worker_bridge_max_result_bytes"),
         )

@@ -11,7 +11,8 @@ from worker_bridge.loader import JobRegistry
 
 def test_known_types_are_the_modules() -> None:
     registry = JobRegistry("tests.testjobs")
-    assert {"echo", "async_echo", "other", "remove_old_worker_jobs"} <= registry.known_types()
+    assert {"echo", "async_echo", "other", "record"} <= registry.known_types()
+    assert "__init__" not in registry.known_types()
 
 
 def test_the_default_jobs_package_ships_the_removal_job() -> None:

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.loader import JobRegistry
 from worker_bridge.models import WorkerJob
 from worker_bridge.params import JobParams, job_logger
 
 
 def _run_removal(bridge: BridgeApp, job: WorkerJob) -> object:
-    runner = bridge.jobs.runner("remove_old_worker_jobs")
+    runner = JobRegistry("jobs").runner("remove_old_worker_jobs")
     return runner(JobParams(app=bridge, log=job_logger(job), job=job))
 
 

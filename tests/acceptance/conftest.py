@@ -1,0 +1,158 @@
+"""Real `celery` worker and dispatcher processes against PostgreSQL and Redis.
+
+Each test run takes a Redis database number of its own (claimed with a key,
+flushed before and after), and every process a test starts is stopped by
+process group when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from worker_bridge.bootstrap import BridgeApp
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_HOST = os.environ.get("WORKER_BRIDGE_TEST_REDIS_HOST", "127.0.0.1")
+_CLAIM_KEY = "worker_bridge:test-run"
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis database number nobody else is using, for this test run."""
+    run_id = uuid.uuid4().hex
+    for number in range(1, 16):
+        client = redis.Redis(host=REDIS_HOST, db=number)
+        if client.set(_CLAIM_KEY, run_id, nx=True, ex=4 * 3600):
+            client.flushdb()
+            client.set(_CLAIM_KEY, run_id, ex=4 * 3600)
+            try:
+                yield number
+            finally:
+                client.flushdb()
+                client.close()
+            return
+        client.close()
+    pytest.fail("no free Redis database number (1-15) for this test run")
+
+
+class Processes:
+    """Starts celery processes and stops every one of them, by process group."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = self.log_dir / f"{name}.log"
+        handle = log.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker_bridge", *args],
+            cwd=ROOT, env={**self.env, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        self.started.append((process, log))
+        return process
+
+    def worker(self, name: str = "w1", concurrency: int = 2, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(name, "worker", "--loglevel", "INFO", "--concurrency",
+                          str(concurrency), "-n", f"{name}@%h", "--without-mingle",
+                          "--without-gossip", *extra)
+
+    def dispatcher(self, name: str = "d1") -> subprocess.Popen[bytes]:
+        return self.start(name, "beat", "--loglevel", "INFO",
+                          "--pidfile", str(self.log_dir / f"{name}.pid"))
+
+    def log_of(self, process: subprocess.Popen[bytes]) -> str:
+        for candidate, log in self.started:
+            if candidate is process:
+                return log.read_text(errors="replace")
+        return ""
+
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Pool children and the embedded beat share the group: none may outlive the test.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=timeout)
+
+    def stop_all(self) -> None:
+        for process, _ in reversed(self.started):
+            self.stop(process)
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== {log.name}\n{log.read_text(errors='replace')[-6000:]}"
+                         for _, log in self.started)
+
+
+@pytest.fixture
+def processes(
+    bridge: BridgeApp, database_url: str, redis_db: int, tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Processes]:
+    client = redis.Redis(host=REDIS_HOST, db=redis_db)
+    client.flushdb()
+    client.set(_CLAIM_KEY, "held", ex=4 * 3600)
+    client.close()
+    env = {
+        **os.environ,
+        "WORKER_BRIDGE_DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:6379/{redis_db}",
+        "WORKER_BRIDGE_JOBS": "tests.testjobs",
+        "CELERY_CONFIG_MODULE": "tests.acceptance.celeryconfig_test",
+        "PYTHONPATH": str(ROOT),
+        "WORKER_BRIDGE_TEST_RECORD_DIR": str(tmp_path),
+    }
+    group = Processes(env, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(group.dump_logs())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,0 +1,317 @@
+"""The dispatcher: moves due rows of ``worker_jobs`` into Celery tasks.
+
+It runs as a Celery beat scheduler (``celery -A worker_bridge beat``, or
+``worker -B``). :meth:`Dispatcher.run_once` is one pass; the beat hook
+:meth:`DispatcherScheduler.tick` runs a pass and then waits, on LISTEN/NOTIFY
+where the database has it, until the next due time, a notification, or
+``worker_bridge_max_interval``.
+
+The crash window between publishing and committing is covered like this: a
+batch is claimed (rows locked and stamped with fresh task ids) and published,
+and only then committed. A dispatcher that dies before the commit leaves its
+rows pending, to be sent again by the next pass of any dispatcher; the
+messages it did publish carry task ids the table never recorded, so the
+workers' claims refuse them. A dispatcher that dies after the commit has sent
+everything it marked. So a crash can neither lose a job nor run it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from celery import beat
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from worker_bridge import store
+from worker_bridge.bootstrap import BridgeApp, get_bridge
+from worker_bridge.cron import next_fire
+from worker_bridge.models import NewJob, WorkerJob
+from worker_bridge.store import Recovery
+from worker_bridge.tasks import task_name
+from worker_bridge.wakeup import Waiter, waiter_for
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+REMOVAL_JOB = "remove_old_worker_jobs"
+REMOVAL_CRON = "* * * * *"
+#: Retry delay of the removal job after a failure, in ms.
+REMOVAL_RETRY_DELAY_MS = 60_000
+#: Wait when due rows exist that another dispatcher holds right now.
+BUSY_WAIT = 0.05
+#: Wait when max_in_flight rows are already in the broker.
+THROTTLED_WAIT = 0.05
+
+
+@dataclass
+class DispatchReport:
+    """What one pass did."""
+
+    sent: list[WorkerJob] = field(default_factory=list)
+    failed: list[WorkerJob] = field(default_factory=list)
+    recovered: list[Recovery] = field(default_factory=list)
+    #: The earliest due time still waiting, after the pass.
+    next_due: datetime | None = None
+    #: Whether the last batch was full (more may be due right now).
+    saturated: bool = False
+    #: Whether max_in_flight stopped the pass (workers have not caught up).
+    throttled: bool = False
+
+
+class Dispatcher:
+    """Sends due jobs to Celery and recovers the ones whose attempt was lost."""
+
+    def __init__(self, bridge: BridgeApp, celery: Celery, waiter: Waiter | None = None) -> None:
+        self.bridge = bridge
+        self.celery = celery
+        self.waiter = waiter if waiter is not None else waiter_for(bridge.engine)
+        settings = bridge.settings
+        shortest = min(settings.heartbeat_timeout, settings.redispatch_after).total_seconds()
+        #: Seconds between two recovery scans.
+        self.recovery_interval = min(max(shortest / 4, 0.2), 15.0)
+        self._next_recovery = 0.0
+
+    def run_once(self, now: datetime | None = None) -> DispatchReport:
+        """One pass: recover lost attempts (when due), send every due row, find the next due."""
+        report = DispatchReport()
+        now = now or datetime.now(UTC)
+        if time.monotonic() >= self._next_recovery:
+            report.recovered = self.recover(now)
+            self._next_recovery = time.monotonic() + self.recovery_interval
+        settings = self.bridge.settings
+        with self.bridge.engine.connect() as connection:
+            room = settings.max_in_flight - store.count_in_flight(connection)
+        while room > 0:
+            limit = min(settings.dispatch_batch_size, room)
+            sent, failed = self.dispatch_batch(now, limit)
+            report.sent.extend(sent)
+            report.failed.extend(failed)
+            room -= len(sent)
+            report.saturated = len(sent) + len(failed) >= limit
+            if not report.saturated:
+                break
+            now = datetime.now(UTC)
+        report.throttled = room <= 0
+        with self.bridge.engine.connect() as connection:
+            report.next_due = store.next_due(connection)
+        return report
+
+    def dispatch_batch(self, now: datetime, limit: int) -> tuple[list[WorkerJob], list[WorkerJob]]:
+        """Claim, publish and commit one batch; return (sent, failed as unsendable)."""
+        registry = self.bridge.jobs
+        with self.bridge.engine.begin() as connection:
+            jobs = store.claim_due_jobs(connection, now=now, limit=limit)
+            if not jobs:
+                return [], []
+            known = registry.known_types()
+            if any(job.type not in known for job in jobs):
+                known = registry.known_types(refresh=True)
+            unsendable = [job for job in jobs if job.type not in known]
+            sendable = [job for job in jobs if job.type in known]
+            for job in unsendable:
+                error = (
+                    f"no job module {registry.package}.{job.type}: the job type is unknown "
+                    "to the dispatcher, so it was not sent"
+                )
+                store.fail_unsendable(connection, [job.id], now=now, error=error)
+                logger.error(
+                    "job %s: failed without running: %s",
+                    job.id,
+                    error,
+                    extra={"job_id": job.id, "job_type": job.type},
+                )
+            # Publishing inside the transaction: see the module docstring.
+            with self.celery.producer_or_acquire() as producer:
+                for job in sendable:
+                    self.celery.send_task(
+                        task_name(job.type),
+                        kwargs={"job_id": job.id, "user_id": job.user_id},
+                        task_id=job.task_id,
+                        producer=producer,
+                    )
+        if sendable:
+            logger.debug("dispatched %d jobs", len(sendable))
+        return sendable, unsendable
+
+    def recover(self, now: datetime) -> list[Recovery]:
+        """Put back to pending the rows whose attempt is presumed lost."""
+        settings = self.bridge.settings
+        # A dispatched row waits in the broker's queue while there is a
+        # backlog; only once the queue is empty can an old unstarted row's
+        # message be taken for lost.
+        backlog = self.broker_backlog()
+        redispatch_before = now - settings.redispatch_after if backlog == 0 else None
+        try:
+            with self.bridge.engine.begin() as connection:
+                recovered = store.recover_lost_jobs(
+                    connection,
+                    now=now,
+                    stale_before=now - settings.stale_after,
+                    heartbeat_before=now - settings.heartbeat_timeout,
+                    redispatch_before=redispatch_before,
+                )
+        except IntegrityError:
+            # A scheduler inserted a pending job for the same pair between our
+            # snapshot and our lock; that row is recovered on the next pass.
+            logger.info("recovery raced with a scheduler; retrying on the next pass")
+            return []
+        for item in recovered:
+            if item.cancelled_by is None:
+                logger.warning(
+                    "job %s (%s, user %s) recovered, will run again: %s",
+                    item.job_id,
+                    item.type,
+                    item.user_id,
+                    item.reason,
+                    extra={"job_id": item.job_id, "reason": item.reason},
+                )
+            else:
+                logger.warning(
+                    "job %s (%s, user %s) recovered (%s) and cancelled: job %s is already pending",
+                    item.job_id,
+                    item.type,
+                    item.user_id,
+                    item.reason,
+                    item.cancelled_by,
+                    extra={"job_id": item.job_id},
+                )
+        return recovered
+
+    def broker_backlog(self) -> int | None:
+        """Messages waiting in the job queues, or None if the broker cannot say."""
+        conf = self.celery.conf
+        names = {conf.task_default_queue, *(q.name for q in conf.task_queues or ())}
+        try:
+            with self.celery.connection_for_read() as connection:
+                channel = connection.default_channel
+                total = 0
+                for name in names:
+                    try:
+                        total += channel.queue_declare(queue=name, passive=True).message_count
+                    except connection.channel_errors:
+                        # The queue does not exist yet: nothing waits in it.
+                        channel = connection.channel()
+                return total
+        except Exception as exc:
+            logger.warning("cannot count the broker's queued messages (%s): lost messages "
+                           "are not re-sent on this pass", exc)
+            return None
+
+    def seconds_until_next_pass(self, report: DispatchReport, now: datetime) -> float:
+        """How long to wait after ``report`` before the next pass."""
+        if report.throttled:
+            # No notification says that workers started jobs: look again soon.
+            return THROTTLED_WAIT
+        if report.saturated:
+            return 0.0
+        wait = self.bridge.settings.max_interval.total_seconds()
+        wait = min(wait, max(self._next_recovery - time.monotonic(), 0.0))
+        if report.next_due is not None:
+            until_due = (report.next_due - now).total_seconds()
+            # Due rows left over are held by another dispatcher right now.
+            wait = min(wait, until_due if until_due > 0 else BUSY_WAIT)
+        return max(wait, 0.0)
+
+    def ensure_removal_job(self) -> WorkerJob | None:
+        """Make sure the removal cron job exists; leave a live one alone."""
+        if REMOVAL_JOB not in self.bridge.jobs.known_types():
+            logger.warning(
+                "the jobs package %r has no %s module: old rows will not be removed",
+                self.bridge.jobs.package,
+                REMOVAL_JOB,
+            )
+            return None
+        now = datetime.now(UTC)
+        job = NewJob(
+            type=REMOVAL_JOB,
+            user_id=0,
+            data={},
+            due=next_fire(REMOVAL_CRON, now, self.bridge.settings.timezone),
+            cron_schedule=REMOVAL_CRON,
+            auto_reschedule_on_failure=True,
+            auto_reschedule_on_failure_delay=REMOVAL_RETRY_DELAY_MS,
+        )
+        with self.bridge.engine.begin() as connection:
+            created = store.insert_unless_live(connection, job, now=now)
+        if created is not None:
+            logger.info("scheduled %s as job %s (every minute)", REMOVAL_JOB, created.id)
+        return created
+
+    def close(self) -> None:
+        """Release the waiter's connection."""
+        self.waiter.close()
+
+
+class DispatcherScheduler(beat.Scheduler):  # type: ignore[misc]
+    """Celery beat scheduler that runs the dispatcher instead of a static schedule.
+
+    Construction with ``lazy=True`` (introspection) touches nothing; the
+    database is first used in :meth:`setup_schedule`. Entries of Celery's own
+    ``beat_schedule`` are not run: schedule recurring jobs with
+    ``schedule_cron_job`` so that the table stays the one source of truth.
+    """
+
+    _dispatcher: Dispatcher | None = None
+
+    def setup_schedule(self) -> None:
+        bridge = get_bridge()
+        self._dispatcher = Dispatcher(bridge, self.app)
+        mode = (
+            "LISTEN/NOTIFY wake-ups, several dispatchers may run at once"
+            if bridge.engine.dialect.name == "postgresql"
+            else "polling every worker_bridge_max_interval; run ONE dispatcher only "
+            "(no SKIP LOCKED or LISTEN/NOTIFY on this database)"
+        )
+        logger.info(
+            "worker_bridge dispatcher started on %s: %s",
+            bridge.engine.url.render_as_string(hide_password=True),
+            mode,
+        )
+        try:
+            self._dispatcher.ensure_removal_job()
+        except DBAPIError:
+            logger.exception("could not ensure the %s job; will retry at next start", REMOVAL_JOB)
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self.setup_schedule()
+        assert self._dispatcher is not None
+        return self._dispatcher
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        dispatcher = self.dispatcher
+        try:
+            report = dispatcher.run_once()
+            wait = dispatcher.seconds_until_next_pass(report, datetime.now(UTC))
+        except DBAPIError as exc:
+            logger.error(
+                "dispatcher pass failed, retrying: %s", str(exc.orig or exc).strip().splitlines()[0]
+            )
+            wait = 1.0
+        except Exception:
+            # The broker may be down (publishing failed): the batch rolled back.
+            logger.exception("dispatcher pass failed, retrying")
+            wait = 1.0
+        if wait > 0:
+            dispatcher.waiter.wait(wait)
+        # The wait happened above (it may end early on NOTIFY); beat must not sleep.
+        return 0.0
+
+    def sync(self) -> None:
+        # Nothing to persist: the table is the schedule.
+        pass
+
+    def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+
+    @property
+    def info(self) -> str:
+        return "    . dispatcher -> worker_jobs (worker_bridge)"
