@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -27,6 +28,8 @@ ADMIN_URL = os.environ.get(
     "WORKER_BRIDGE_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 TEST_JOBS = "tests.testjobs"
+REDIS_HOST = os.environ.get("WORKER_BRIDGE_TEST_REDIS_HOST", "127.0.0.1")
+CLAIM_KEY = "worker_bridge:test-run"
 
 os.environ.setdefault("WORKER_BRIDGE_JOBS", TEST_JOBS)
 
@@ -124,3 +127,22 @@ def all_jobs(engine: Engine) -> Callable[[], list[WorkerJob]]:
             return [store.job_from_row(row) for row in rows]
 
     return read
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis database number nobody else is using, for this test run."""
+    run_id = uuid.uuid4().hex
+    for number in range(1, 16):
+        client = redis.Redis(host=REDIS_HOST, db=number)
+        if client.set(CLAIM_KEY, run_id, nx=True, ex=4 * 3600):
+            client.flushdb()
+            client.set(CLAIM_KEY, run_id, ex=4 * 3600)
+            try:
+                yield number
+            finally:
+                client.flushdb()
+                client.close()
+            return
+        client.close()
+    pytest.fail("no free Redis database number (1-15) for this test run")

@@ -134,6 +134,9 @@ class Dispatcher:
                         kwargs={"job_id": job.id, "user_id": job.user_id},
                         task_id=job.task_id,
                         producer=producer,
+                        # The worker's own time limits apply, not the dispatcher's.
+                        time_limit=None,
+                        soft_time_limit=None,
                     )
         if sendable:
             logger.debug("dispatched %d jobs", len(sendable))

@@ -7,12 +7,12 @@ process group when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import redis
 
+from tests.conftest import CLAIM_KEY as _CLAIM_KEY
+from tests.conftest import REDIS_HOST
 from worker_bridge.bootstrap import BridgeApp
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_HOST = os.environ.get("WORKER_BRIDGE_TEST_REDIS_HOST", "127.0.0.1")
-_CLAIM_KEY = "worker_bridge:test-run"
 
 pytestmark = pytest.mark.e2e
 
@@ -43,25 +43,6 @@ def wait_until(
         time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> Iterator[int]:
-    """A Redis database number nobody else is using, for this test run."""
-    run_id = uuid.uuid4().hex
-    for number in range(1, 16):
-        client = redis.Redis(host=REDIS_HOST, db=number)
-        if client.set(_CLAIM_KEY, run_id, nx=True, ex=4 * 3600):
-            client.flushdb()
-            client.set(_CLAIM_KEY, run_id, ex=4 * 3600)
-            try:
-                yield number
-            finally:
-                client.flushdb()
-                client.close()
-            return
-        client.close()
-    pytest.fail("no free Redis database number (1-15) for this test run")
-
-
 class Processes:
     """Starts celery processes and stops every one of them, by process group."""
 
@@ -70,26 +51,49 @@ class Processes:
         self.log_dir = log_dir
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.log_dir / f"{name}.log"
         handle = log.open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker_bridge", *args],
-            cwd=ROOT, env={**self.env, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         handle.close()
         self.started.append((process, log))
         return process
 
-    def worker(self, name: str = "w1", concurrency: int = 2, *extra: str) -> subprocess.Popen[bytes]:
-        return self.start(name, "worker", "--loglevel", "INFO", "--concurrency",
-                          str(concurrency), "-n", f"{name}@%h", "--without-mingle",
-                          "--without-gossip", *extra)
+    def worker(
+        self,
+        name: str = "w1",
+        concurrency: int = 2,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        return self.start(
+            name,
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            *extra,
+            env=env,
+        )
 
     def dispatcher(self, name: str = "d1") -> subprocess.Popen[bytes]:
-        return self.start(name, "beat", "--loglevel", "INFO",
-                          "--pidfile", str(self.log_dir / f"{name}.pid"))
+        return self.start(
+            name, "beat", "--loglevel", "INFO", "--pidfile", str(self.log_dir / f"{name}.pid")
+        )
 
     def log_of(self, process: subprocess.Popen[bytes]) -> str:
         for candidate, log in self.started:
@@ -99,19 +103,13 @@ class Processes:
 
     def stop(self, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
         if process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # Pool children and the embedded beat share the group: none may outlive the test.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=timeout)
 
     def stop_all(self) -> None:
@@ -119,13 +117,18 @@ class Processes:
             self.stop(process)
 
     def dump_logs(self) -> str:
-        return "\n".join(f"===== {log.name}\n{log.read_text(errors='replace')[-6000:]}"
-                         for _, log in self.started)
+        return "\n".join(
+            f"===== {log.name}\n{log.read_text(errors='replace')[-6000:]}"
+            for _, log in self.started
+        )
 
 
 @pytest.fixture
 def processes(
-    bridge: BridgeApp, database_url: str, redis_db: int, tmp_path: Path,
+    bridge: BridgeApp,
+    database_url: str,
+    redis_db: int,
+    tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Processes]:
     client = redis.Redis(host=REDIS_HOST, db=redis_db)

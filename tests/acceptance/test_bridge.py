@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,9 +14,7 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 
 from tests.acceptance.conftest import Processes, wait_until
-from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job
-from worker_bridge import store
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job, store
 from worker_bridge.models import JobState, WorkerJob
 
 Fetch = Callable[[int], WorkerJob]
@@ -33,9 +32,7 @@ def _executions(tmp_path: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def test_one_off_jobs_run_and_their_result_lands(
-    processes: Processes, fetch: Fetch
-) -> None:
+def test_one_off_jobs_run_and_their_result_lands(processes: Processes, fetch: Fetch) -> None:
     processes.worker()
     processes.dispatcher()
     job = schedule_job(WorkerJobConfig(type="echo", user_id=42, data={"a": [1, "b"]}))
@@ -45,8 +42,7 @@ def test_one_off_jobs_run_and_their_result_lands(
     assert done.success is True
     assert done.started is not None and done.started <= done.finished
     # The data, the user id and the job's own row reach run() as params.job.
-    assert done.result == {"data": {"a": [1, "b"]}, "user_id": 42, "job_id": job.id,
-                           "type": "echo"}
+    assert done.result == {"data": {"a": [1, "b"]}, "user_id": 42, "job_id": job.id, "type": "echo"}
     assert done.attempts == 1 and done.worker and done.task_id and done.dispatched_at
 
     done_async = wait_until(lambda: _finished(fetch, async_job.id), 30, "the async job")
@@ -54,18 +50,27 @@ def test_one_off_jobs_run_and_their_result_lands(
     assert done_async.result == {"async": True, "data": {"n": 5}}
 
 
-def test_failure_with_auto_retry_gives_a_lineage(processes: Processes, fetch: Fetch,
-                                                  engine: Engine) -> None:
+def test_failure_with_auto_retry_gives_a_lineage(
+    processes: Processes, fetch: Fetch, engine: Engine
+) -> None:
     processes.worker()
     processes.dispatcher()
-    first = schedule_job(WorkerJobConfig(type="fail", user_id=1, data={"message": "nope"},
-                                         auto_reschedule_on_failure=True,
-                                         auto_reschedule_on_failure_delay=1500))
+    first = schedule_job(
+        WorkerJobConfig(
+            type="fail",
+            user_id=1,
+            data={"message": "nope"},
+            auto_reschedule_on_failure=True,
+            auto_reschedule_on_failure_delay=1500,
+        )
+    )
 
     def retry_of(job_id: int) -> WorkerJob | None:
         with engine.connect() as connection:
             row = connection.execute(
-                select(WorkerJob.__table__).where(WorkerJob.__table__.c.rescheduled_from_job == job_id)
+                select(WorkerJob.__table__).where(
+                    WorkerJob.__table__.c.rescheduled_from_job == job_id
+                )
             ).one_or_none()
         return None if row is None else store.job_from_row(row)
 
@@ -89,15 +94,16 @@ def test_failure_with_auto_retry_gives_a_lineage(processes: Processes, fetch: Fe
 def _chain(engine: Engine, job_type: str) -> list[WorkerJob]:
     table = WorkerJob.__table__
     with engine.connect() as connection:
-        rows = connection.execute(select(table).where(table.c.type == job_type).order_by(table.c.id))
+        rows = connection.execute(
+            select(table).where(table.c.type == job_type).order_by(table.c.id)
+        )
         return [store.job_from_row(row) for row in rows]
 
 
 def test_six_field_cron_job_chains_its_runs(processes: Processes, engine: Engine) -> None:
     processes.worker()
     processes.dispatcher()
-    first = schedule_cron_job(WorkerJobConfig(type="echo", user_id=9, data={"c": 1}),
-                              "* * * * * *")
+    first = schedule_cron_job(WorkerJobConfig(type="echo", user_id=9, data={"c": 1}), "* * * * * *")
 
     def finished_runs() -> list[WorkerJob] | None:
         done = [j for j in _chain(engine, "echo") if j.success]
@@ -106,7 +112,7 @@ def test_six_field_cron_job_chains_its_runs(processes: Processes, engine: Engine
     runs = wait_until(finished_runs, 30, "three runs of the cron job")
     chain = _chain(engine, "echo")
     assert chain[0].id == first.id
-    for earlier, later in zip(chain, chain[1:], strict=False):
+    for earlier, later in itertools.pairwise(chain):
         assert later.rescheduled_from_job == earlier.id
         assert later.cron_schedule == "* * * * * *"
         assert later.due > earlier.due
@@ -151,8 +157,11 @@ def test_a_job_cancelled_after_dispatch_never_runs(
     worker = processes.worker()
     marker = schedule_job(WorkerJobConfig(type="echo", user_id=1))
     wait_until(lambda: _finished(fetch, marker.id), 30, "a later job to run")
-    wait_until(lambda: f"job {job.id}: skipped" in processes.log_of(worker), 10,
-               "the worker to log that it skipped the cancelled job")
+    wait_until(
+        lambda: f"job {job.id}: skipped" in processes.log_of(worker),
+        10,
+        "the worker to log that it skipped the cancelled job",
+    )
     cancelled = fetch(job.id)
     assert cancelled.state is JobState.CANCELLED and cancelled.attempts == 0
     assert _executions(tmp_path) == []
@@ -167,15 +176,21 @@ def test_two_dispatchers_two_workers_run_each_job_exactly_once(
     processes.dispatcher("d1")
     processes.dispatcher("d2")
     due = datetime.now(UTC) + timedelta(seconds=2)
-    ids = [schedule_job(WorkerJobConfig(type="record", user_id=i, due=due)).id
-           for i in range(total)]
+    ids = [
+        schedule_job(WorkerJobConfig(type="record", user_id=i, due=due)).id for i in range(total)
+    ]
     table = WorkerJob.__table__
 
     def finished_count() -> bool:
         with engine.connect() as connection:
-            return connection.execute(
-                select(func.count()).where(table.c.type == "record", table.c.finished.isnot(None))
-            ).scalar() == total
+            return (
+                connection.execute(
+                    select(func.count()).where(
+                        table.c.type == "record", table.c.finished.isnot(None)
+                    )
+                ).scalar()
+                == total
+            )
 
     wait_until(finished_count, 180, f"{total} jobs to finish", interval=0.5)
     executions = Counter(int(e["job_id"]) for e in _executions(tmp_path))
@@ -183,8 +198,9 @@ def test_two_dispatchers_two_workers_run_each_job_exactly_once(
     assert max(executions.values()) == 1, executions.most_common(3)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(table.c.success, table.c.attempts, table.c.recoveries, table.c.worker)
-            .where(table.c.type == "record")
+            select(table.c.success, table.c.attempts, table.c.recoveries, table.c.worker).where(
+                table.c.type == "record"
+            )
         ).all()
     assert all(r.success and r.attempts == 1 and r.recoveries == 0 for r in rows)
     assert len({r.worker.split("@")[0] for r in rows}) == 2  # both workers took part
@@ -196,8 +212,9 @@ def test_a_job_whose_worker_process_is_killed_runs_again(
     processes.worker("w1", 1)
     processes.dispatcher()
     job = schedule_job(WorkerJobConfig(type="record", user_id=1, data={"sleep": 2}))
-    running = wait_until(lambda: fetch(job.id).state is JobState.RUNNING and fetch(job.id), 30,
-                         "the job to start")
+    running = wait_until(
+        lambda: fetch(job.id).state is JobState.RUNNING and fetch(job.id), 30, "the job to start"
+    )
     pool_pid = int(running.worker.rsplit(":", 1)[1])
     os.kill(pool_pid, signal.SIGKILL)
 

@@ -17,10 +17,13 @@ def run(params: JobParams) -> dict[str, Any]:
     end = time.time()
     record_dir = os.environ.get("WORKER_BRIDGE_TEST_RECORD_DIR")
     if record_dir:
-        line = json.dumps({"job_id": params.job.id, "pid": os.getpid(), "start": start,
-                           "end": end}) + "\n"
-        fd = os.open(os.path.join(record_dir, "executions.jsonl"),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        line = (
+            json.dumps({"job_id": params.job.id, "pid": os.getpid(), "start": start, "end": end})
+            + "\n"
+        )
+        fd = os.open(
+            os.path.join(record_dir, "executions.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        )
         try:
             os.write(fd, line.encode())
         finally:
