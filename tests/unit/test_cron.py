@@ -264,9 +264,10 @@ def test_zone_given_as_tzinfo() -> None:
     expected = datetime(2024, 3, 31, 1, tzinfo=UTC)  # 03:00 CEST, right after the gap
     assert next_fire("30 2 * * *", after, BERLIN) == expected
     assert next_fire("30 2 * * *", after, ZoneInfo(BERLIN)) == expected
-    dateutil_tz = pytest.importorskip("dateutil.tz")
+    import pytz
+    from dateutil import tz as dateutil_tz
+
     assert next_fire("30 2 * * *", after, dateutil_tz.gettz(BERLIN)) == expected
-    pytz = pytest.importorskip("pytz")
     assert next_fire("30 2 * * *", after, pytz.timezone(BERLIN)) == expected
     india = timezone(timedelta(hours=5, minutes=30))
     assert next_fire("0 9 * * *", after, india) == datetime(2024, 3, 31, 3, 30, tzinfo=UTC)
