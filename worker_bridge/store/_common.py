@@ -1,0 +1,64 @@
+"""What every part of the SQL layer shares: the table, row mapping, the pair lock."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    text,
+)
+
+from worker_bridge.models import CANCELLED_MARK, NewJob, WorkerJob
+
+jobs_table = cast(Table, WorkerJob.__table__)
+all_columns = list(jobs_table.columns)
+
+
+def job_from_row(row: Row[Any]) -> WorkerJob:
+    """Build a detached ``WorkerJob`` from a full row of ``worker_jobs``."""
+    return WorkerJob(**row._asdict())
+
+
+def is_postgresql(connection: Connection) -> bool:
+    return connection.dialect.name == "postgresql"
+
+
+def cancellation_result(cancelled_by: int | None, reason: str) -> dict[str, Any]:
+    """The ``result`` a cancelled row gets."""
+    return {"error": reason, CANCELLED_MARK: True, "cancelled_by": cancelled_by}
+
+
+# Serialises every writer of one (type, user_id): the partial unique index can
+# only say "one unstarted job", not "cancel the stale started ones too", and
+# under READ COMMITTED a second writer must see the first one's row before it
+# decides what to cancel. A separate statement, because a statement's snapshot
+# is taken before any lock it acquires.
+LOCK_PAIR = text("SELECT pg_advisory_xact_lock(hashtext(:type), :user_id)")
+
+# Cancel the matching pending rows and insert the new one in one statement.
+# The scalar subquery over `cancelled` in the INSERT's WHERE forces the UPDATE
+# to run first, so the old row has left the one-pending index before the new
+# row enters it.
+
+
+def job_values(job: NewJob) -> dict[str, Any]:
+    return {
+        "type": job.type,
+        "user_id": job.user_id,
+        "data": job.data,
+        "due": job.due,
+        "cron_schedule": job.cron_schedule,
+        "auto_reschedule_on_failure": job.auto_reschedule_on_failure,
+        "auto_reschedule_on_failure_delay": job.auto_reschedule_on_failure_delay,
+        "remove_delay": job.remove_delay,
+        "rescheduled_from_job": job.rescheduled_from_job,
+    }
+
+
+def lock_type_user(connection: Connection, job_type: str, user_id: int) -> None:
+    """Take the transaction-scoped lock that serialises writers of (type, user_id)."""
+    if is_postgresql(connection):
+        connection.execute(LOCK_PAIR, {"type": job_type, "user_id": user_id})

@@ -1,0 +1,137 @@
+"""The worker's writes, each conditional on the attempt token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    select,
+    text,
+    tuple_,
+    update,
+)
+
+from worker_bridge.models import WorkerJob
+from worker_bridge.store._common import (
+    all_columns,
+    is_postgresql,
+    job_from_row,
+    jobs_table,
+)
+from worker_bridge.store.reading import get_job
+
+
+def claim_job(
+    connection: Connection, job_id: int, token: str, *, worker: str, now: datetime
+) -> WorkerJob | None:
+    """Start the attempt ``token`` of row ``job_id``; None if it may not run.
+
+    Atomic: one conditional UPDATE. It applies only while the row still
+    carries this dispatch's token and is neither started nor finished, so a
+    duplicate or outdated message, a cancelled or a running row is refused.
+    """
+    row = connection.execute(
+        update(jobs_table)
+        .where(
+            (jobs_table.c.id == job_id)
+            & (jobs_table.c.task_id == token)
+            & jobs_table.c.started.is_(None)
+            & jobs_table.c.finished.is_(None)
+        )
+        .values(
+            started=now,
+            heartbeat=now,
+            worker=worker,
+            attempts=jobs_table.c.attempts + 1,
+            updated_at=now,
+        )
+        .returning(*all_columns)
+    ).one_or_none()
+    return None if row is None else job_from_row(row)
+
+
+def wait_for_dispatch_commit(connection: Connection, job_id: int, *, timeout_ms: int) -> None:
+    """Block until no other transaction holds row ``job_id`` (at most ``timeout_ms``).
+
+    A dispatcher publishes before it commits, so a fast worker's claim can see
+    the row as it was before the dispatch and miss it; after this wait the
+    dispatch has committed or rolled back, and a second claim sees which. Call
+    inside a transaction: the lock taken here is released when it ends.
+    """
+    if not is_postgresql(connection):
+        return
+    connection.execute(
+        text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{timeout_ms}ms"}
+    )
+    connection.execute(
+        select(jobs_table.c.id).where(jobs_table.c.id == job_id).with_for_update(read=True)
+    )
+
+
+def refresh_heartbeats(
+    connection: Connection, attempts: Sequence[tuple[int, str]], *, now: datetime
+) -> set[int]:
+    """Refresh the heartbeat of these (row id, token) attempts; return the ids still theirs."""
+    if not attempts:
+        return set()
+    alive = connection.execute(
+        update(jobs_table)
+        .where(
+            tuple_(jobs_table.c.id, jobs_table.c.task_id).in_(list(attempts))
+            & jobs_table.c.finished.is_(None)
+            & jobs_table.c.started.isnot(None)
+        )
+        .values(heartbeat=now)
+        .returning(jobs_table.c.id)
+    ).scalars()
+    return set(alive)
+
+
+def finish_job(
+    connection: Connection,
+    job_id: int,
+    token: str,
+    *,
+    now: datetime,
+    success: bool,
+    result: Any,
+    remove_at: datetime | None,
+) -> bool:
+    """Write the end of attempt ``token``.
+
+    Returns False, and writes nothing, when the attempt is no longer the row's
+    current one (recovered and sent again, or cancelled meanwhile).
+    """
+    finished = connection.execute(
+        update(jobs_table)
+        .where(
+            (jobs_table.c.id == job_id)
+            & (jobs_table.c.task_id == token)
+            & jobs_table.c.started.isnot(None)
+            & jobs_table.c.finished.is_(None)
+        )
+        .values(
+            finished=now,
+            success=success,
+            result=result,
+            remove_at=remove_at,
+            heartbeat=None,
+            updated_at=now,
+        )
+    )
+    return finished.rowcount == 1
+
+
+def describe_refusal(connection: Connection, job_id: int, token: str) -> str:
+    """Why row ``job_id`` refused attempt ``token`` (for the one log line)."""
+    job = get_job(connection, job_id)
+    if job is None:
+        return "the row does not exist (removed, or a forged message)"
+    if job.finished is not None:
+        return f"the row is already {job.state.value}"
+    if job.task_id != token:
+        return "the message is outdated: the row was sent again under another task id"
+    return "the row is already running"
