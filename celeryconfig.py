@@ -7,7 +7,9 @@ WORKER_BRIDGE_JOBS (the package of job modules). Durations are in seconds.
 
 import os
 
-broker_url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# Without CELERY_BROKER_URL: kombu's SQLAlchemy transport on a local SQLite file
+# (the embedded default, one machine). Production: redis://host:6379/0.
+broker_url = os.environ.get("CELERY_BROKER_URL", "sqla+sqlite:///worker_bridge-broker.sqlite3")
 # Zone in which cron expressions are evaluated (and Celery's own clock).
 timezone = "UTC"
 enable_utc = True

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker_bridge.db import create_db_engine, create_session_factory
@@ -80,7 +81,29 @@ def get_bridge() -> BridgeApp:
 
             _bridge = BridgeApp.from_settings(Settings.from_conf(celery.conf), celery=celery)
             _bridge_pid = os.getpid()
+            if _bridge.engine.dialect.name == "sqlite":
+                ensure_embedded_schema(_bridge.engine)
         return _bridge
+
+
+def ensure_embedded_schema(engine: Engine) -> None:
+    """Create or migrate the table of the embedded SQLite default on first use.
+
+    A first run needs nothing but ``pip install``; on PostgreSQL migrations
+    stay an explicit step (``worker-bridge db upgrade``).
+    """
+    import logging
+
+    from worker_bridge.migrations import upgrade_database
+
+    # Alembic narrates every check at INFO; a worker's log is no place for it.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        upgrade_database(engine)
+    except OperationalError:
+        # Another process of the same start-up (worker -B forks several)
+        # created the table between our check and our CREATE: it is there now.
+        upgrade_database(engine)
 
 
 def set_bridge(bridge: BridgeApp | None) -> None:

@@ -35,19 +35,31 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     options: dict[str, Any] = {"json_serializer": json_dumps, "pool_pre_ping": True}
     if backend == "postgresql":
         options["connect_args"] = {"options": "-c timezone=UTC"}
+    elif backend == "sqlite":
+        options["connect_args"] = {"timeout": 30}
     options.update(kwargs)
     engine = create_engine(parsed, **options)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take over transaction control from the sqlite3 module (see _sqlite_on_begin).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_on_begin(connection: Any) -> None:
+    # Every transaction takes SQLite's write lock up front: a deferred
+    # transaction that reads and then writes can fail with "database is
+    # locked" at once when another process writes, instead of waiting.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -31,8 +31,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -251,13 +253,31 @@ def job_state(job: WorkerJob) -> JobState:
     return JobState.PENDING
 
 
+class _IsCancellation(FunctionElement[bool]):
+    """SQL for :func:`is_cancellation`: ``result.cancelled`` is the JSON value ``true``."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "is_cancellation"
+
+
+@compiles(_IsCancellation, "postgresql")
+def _is_cancellation_pg(element: _IsCancellation, compiler: Any, **kw: Any) -> str:
+    return f"(({compiler.process(element.clauses, **kw)}) -> '{CANCELLED_MARK}') = 'true'::jsonb"
+
+
+@compiles(_IsCancellation)
+def _is_cancellation_default(element: _IsCancellation, compiler: Any, **kw: Any) -> str:
+    # SQLite: json_type tells the JSON literal true from the number 1.
+    return f"json_type({compiler.process(element.clauses, **kw)}, '$.{CANCELLED_MARK}') = 'true'"
+
+
 def state_expression() -> ColumnElement[str]:
     """The SQL form of :func:`job_state`, for filtering and counting by state."""
     t = WorkerJob.__table__.c
-    cancelled = t.result[CANCELLED_MARK].as_boolean()
     return case(
         (t.finished.isnot(None) & (t.success == True), JobState.SUCCEEDED.value),  # noqa: E712
-        (t.finished.isnot(None) & cancelled.is_(True), JobState.CANCELLED.value),
+        (t.finished.isnot(None) & _IsCancellation(t.result), JobState.CANCELLED.value),
         (t.finished.isnot(None), JobState.FAILED.value),
         (t.started.isnot(None), JobState.RUNNING.value),
         (t.dispatched_at.isnot(None), JobState.DISPATCHED.value),

@@ -16,7 +16,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker_bridge.errors import ConfigurationError
 
-DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/worker_bridge"
+#: The embedded default: a SQLite file in the working directory, so that a first
+#: run needs no server. PostgreSQL is what production uses.
+DEFAULT_DATABASE_URL = "sqlite:///worker_bridge.sqlite3"
+#: The embedded broker: kombu's SQLAlchemy transport on another SQLite file.
+DEFAULT_BROKER_URL = "sqla+sqlite:///worker_bridge-broker.sqlite3"
 DEFAULT_JOBS_PACKAGE = "jobs"
 
 #: Every conf key worker_bridge reads, with its default; celeryconfig.py repeats

@@ -30,10 +30,13 @@ class Waiter(Protocol):
 
 
 class SleepWaiter:
-    """Polling: sleeps the whole timeout (SQLite has no notifications)."""
+    """Polling (SQLite has no notifications): sleeps at most ``poll`` seconds."""
+
+    def __init__(self, poll: float = 1.0) -> None:
+        self.poll = poll
 
     def wait(self, timeout: float) -> bool:
-        time.sleep(max(timeout, 0.0))
+        time.sleep(min(max(timeout, 0.0), self.poll))
         return False
 
     def close(self) -> None:

@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from tests.conftest import CLAIM_KEY as _CLAIM_KEY
-from tests.conftest import REDIS_HOST
-from worker_bridge.bootstrap import BridgeApp
+from tests.conftest import REDIS_HOST, TEST_JOBS
+from worker_bridge.bootstrap import BridgeApp, ensure_embedded_schema, set_bridge
+from worker_bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,22 +125,49 @@ class Processes:
         )
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The back end a test runs on: PostgreSQL + Redis, or the embedded SQLite default."""
+    return str(request.param)
+
+
+@pytest.fixture
+def bridge(backend: str, session_bridge: BridgeApp, tmp_path: Path) -> Iterator[BridgeApp]:
+    """The BridgeApp of the test's back end, installed as the process default, empty."""
+    if backend == "postgresql":
+        with session_bridge.engine.begin() as connection:
+            connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
+        bridge = session_bridge
+    else:
+        url = f"sqlite:///{tmp_path / 'worker_bridge.sqlite3'}"
+        bridge = BridgeApp.from_settings(Settings(database_url=url, jobs_package=TEST_JOBS))
+        ensure_embedded_schema(bridge.engine)
+    set_bridge(bridge)
+    try:
+        yield bridge
+    finally:
+        set_bridge(None)
+        if bridge is not session_bridge:
+            bridge.dispose()
+
+
 @pytest.fixture
 def processes(
-    bridge: BridgeApp,
-    database_url: str,
-    redis_db: int,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
+    backend: str, bridge: BridgeApp, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Processes]:
-    client = redis.Redis(host=REDIS_HOST, db=redis_db)
-    client.flushdb()
-    client.set(_CLAIM_KEY, "held", ex=4 * 3600)
-    client.close()
+    if backend == "postgresql":
+        redis_db: int = request.getfixturevalue("redis_db")
+        client = redis.Redis(host=REDIS_HOST, db=redis_db)
+        client.flushdb()
+        client.set(_CLAIM_KEY, "held", ex=4 * 3600)
+        client.close()
+        broker_url = f"redis://{REDIS_HOST}:6379/{redis_db}"
+    else:
+        broker_url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
     env = {
         **os.environ,
-        "WORKER_BRIDGE_DATABASE_URL": database_url,
-        "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:6379/{redis_db}",
+        "WORKER_BRIDGE_DATABASE_URL": bridge.settings.database_url,
+        "CELERY_BROKER_URL": broker_url,
         "WORKER_BRIDGE_JOBS": "tests.testjobs",
         "CELERY_CONFIG_MODULE": "tests.acceptance.celeryconfig_test",
         "PYTHONPATH": str(ROOT),

@@ -6,12 +6,11 @@ import itertools
 import json
 import os
 import signal
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from tests.acceptance.conftest import Processes, wait_until
 from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job, store
@@ -165,45 +164,6 @@ def test_a_job_cancelled_after_dispatch_never_runs(
     cancelled = fetch(job.id)
     assert cancelled.state is JobState.CANCELLED and cancelled.attempts == 0
     assert _executions(tmp_path) == []
-
-
-def test_two_dispatchers_two_workers_run_each_job_exactly_once(
-    processes: Processes, engine: Engine, tmp_path: Path
-) -> None:
-    total = 2000
-    processes.worker("w1")
-    processes.worker("w2")
-    processes.dispatcher("d1")
-    processes.dispatcher("d2")
-    due = datetime.now(UTC) + timedelta(seconds=2)
-    ids = [
-        schedule_job(WorkerJobConfig(type="record", user_id=i, due=due)).id for i in range(total)
-    ]
-    table = WorkerJob.__table__
-
-    def finished_count() -> bool:
-        with engine.connect() as connection:
-            return (
-                connection.execute(
-                    select(func.count()).where(
-                        table.c.type == "record", table.c.finished.isnot(None)
-                    )
-                ).scalar()
-                == total
-            )
-
-    wait_until(finished_count, 180, f"{total} jobs to finish", interval=0.5)
-    executions = Counter(int(e["job_id"]) for e in _executions(tmp_path))
-    assert set(executions) == set(ids)
-    assert max(executions.values()) == 1, executions.most_common(3)
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(table.c.success, table.c.attempts, table.c.recoveries, table.c.worker).where(
-                table.c.type == "record"
-            )
-        ).all()
-    assert all(r.success and r.attempts == 1 and r.recoveries == 0 for r in rows)
-    assert len({r.worker.split("@")[0] for r in rows}) == 2  # both workers took part
 
 
 def test_a_job_whose_worker_process_is_killed_runs_again(

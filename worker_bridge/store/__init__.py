@@ -25,10 +25,21 @@ from worker_bridge.store.dispatching import (
     next_due,
     recover_lost_jobs,
 )
+from worker_bridge.store.queries import (
+    JobStats,
+    JobSummary,
+    Lineage,
+    job_lineage,
+    job_stats,
+    list_jobs,
+)
 from worker_bridge.store.reading import delete_removable_jobs, get_job, get_jobs
 from worker_bridge.store.scheduling import cancel_job, insert_unless_live, supersede_and_insert
 
 __all__ = [
+    "JobStats",
+    "JobSummary",
+    "Lineage",
     "Recovery",
     "cancel_job",
     "cancellation_result",
@@ -43,6 +54,9 @@ __all__ = [
     "get_jobs",
     "insert_unless_live",
     "job_from_row",
+    "job_lineage",
+    "job_stats",
+    "list_jobs",
     "lock_type_user",
     "next_due",
     "recover_lost_jobs",

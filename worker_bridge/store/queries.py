@@ -1,0 +1,175 @@
+"""Read-only queries behind the ``worker-bridge`` command: listing, lineage, statistics.
+
+Portable SQLAlchemy Core only, so that they run unchanged on PostgreSQL and
+SQLite. A row's status always comes from
+:func:`~worker_bridge.models.state_expression`, so the rule that derives it from
+the timestamps lives in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Integer, Row, func, literal_column, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from worker_bridge.models import JobState, state_expression
+from worker_bridge.store._common import jobs_table
+
+#: How many rows :func:`job_lineage` follows each way by default.
+LINEAGE_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """The columns of a row worth a line in a listing, and its derived status.
+
+    ``data`` and ``result`` are left out: they may each be up to a MiB.
+    """
+
+    id: int
+    type: str
+    user_id: int
+    status: JobState
+    due: datetime
+    started: datetime | None
+    finished: datetime | None
+    attempts: int
+    cron_schedule: str | None
+    rescheduled_from_job: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """The rows before and after one job in its chain of follow-ups."""
+
+    #: From the first job of the chain to the one just before the job.
+    earlier: list[JobSummary]
+    #: From the job's follow-up to the latest row of the chain.
+    later: list[JobSummary]
+    #: Whether either direction stopped at the limit before the chain's end.
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobStats:
+    """Row counts by type and status, and the pending row due the longest."""
+
+    #: type -> status -> number of rows; only the combinations that occur.
+    counts: dict[str, dict[JobState, int]]
+    #: The pending row with the earliest due time (lowest id on a tie), or None.
+    oldest_pending: JobSummary | None
+
+
+def _summary_columns() -> list[ColumnElement[Any]]:
+    c = jobs_table.c
+    return [
+        c.id,
+        c.type,
+        c.user_id,
+        state_expression().label("status"),
+        c.due,
+        c.started,
+        c.finished,
+        c.attempts,
+        c.cron_schedule,
+        c.rescheduled_from_job,
+    ]
+
+
+def _summary(row: Row[*tuple[Any, ...]]) -> JobSummary:
+    return JobSummary(
+        id=row.id,
+        type=row.type,
+        user_id=row.user_id,
+        status=JobState(row.status),
+        due=row.due,
+        started=row.started,
+        finished=row.finished,
+        attempts=row.attempts,
+        cron_schedule=row.cron_schedule,
+        rescheduled_from_job=row.rescheduled_from_job,
+    )
+
+
+def list_jobs(
+    connection: Connection,
+    *,
+    job_type: str | None = None,
+    user_id: int | None = None,
+    status: JobState | None = None,
+    limit: int = 50,
+) -> list[JobSummary]:
+    """Up to ``limit`` rows matching every filter given, newest (highest id) first."""
+    query = select(*_summary_columns()).order_by(jobs_table.c.id.desc()).limit(limit)
+    if job_type is not None:
+        query = query.where(jobs_table.c.type == job_type)
+    if user_id is not None:
+        query = query.where(jobs_table.c.user_id == user_id)
+    if status is not None:
+        query = query.where(state_expression() == status.value)
+    return [_summary(row) for row in connection.execute(query)]
+
+
+def job_lineage(connection: Connection, job_id: int, *, limit: int = LINEAGE_LIMIT) -> Lineage:
+    """The chain of ``job_id`` through ``rescheduled_from_job``, at most ``limit`` rows each way.
+
+    One recursive query each way. A unique index gives a row one follow-up at
+    most, so both directions are chains, not trees; the depth bound also ends
+    a cycle that hand-edited rows could form.
+    """
+    earlier, earlier_cut = _chain(connection, job_id, backward=True, limit=limit)
+    later, later_cut = _chain(connection, job_id, backward=False, limit=limit)
+    earlier.reverse()  # fetched nearest first; a chain reads from its first job
+    return Lineage(earlier=earlier, later=later, truncated=earlier_cut or later_cut)
+
+
+def _chain(
+    connection: Connection, job_id: int, *, backward: bool, limit: int
+) -> tuple[list[JobSummary], bool]:
+    c = jobs_table.c
+    # Inline integer literals, not bound parameters: PostgreSQL types a recursive
+    # CTE's columns from its first term, and a driver may bind 0 as a smallint.
+    start = select(c.id, c.rescheduled_from_job, literal_column("0", Integer).label("depth"))
+    chain = start.where(c.id == job_id).cte("lineage", recursive=True)
+    if backward:
+        link = c.id == chain.c.rescheduled_from_job
+    else:
+        link = c.rescheduled_from_job == chain.c.id
+    # One row beyond the limit tells a chain that goes on from one that ends there.
+    chain = chain.union_all(
+        select(c.id, c.rescheduled_from_job, chain.c.depth + literal_column("1", Integer)).where(
+            link & (chain.c.depth <= limit)
+        )
+    )
+    rows = connection.execute(
+        select(*_summary_columns(), chain.c.depth.label("depth"))
+        .select_from(jobs_table.join(chain, c.id == chain.c.id))
+        .where(chain.c.depth > 0)
+        .order_by(chain.c.depth)
+    ).all()
+    return [_summary(row) for row in rows if row.depth <= limit], len(rows) > limit
+
+
+def job_stats(connection: Connection) -> JobStats:
+    """Counts by type and status, and the pending row due the longest."""
+    # Grouping by the status label through a subquery: grouping by the CASE
+    # itself would repeat it with fresh bound parameters, which PostgreSQL does
+    # not recognise as the selected expression.
+    per_row = select(jobs_table.c.type, state_expression().label("status")).subquery()
+    counts: dict[str, dict[JobState, int]] = {}
+    for job_type, status, count in connection.execute(
+        select(per_row.c.type, per_row.c.status, func.count())
+        .group_by(per_row.c.type, per_row.c.status)
+        .order_by(per_row.c.type)
+    ):
+        counts.setdefault(job_type, {})[JobState(status)] = count
+    oldest = connection.execute(
+        select(*_summary_columns())
+        .where(state_expression() == JobState.PENDING.value)
+        .order_by(jobs_table.c.due, jobs_table.c.id)
+        .limit(1)
+    ).first()
+    return JobStats(counts=counts, oldest_pending=None if oldest is None else _summary(oldest))
