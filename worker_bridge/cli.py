@@ -65,7 +65,7 @@ def _cell(value: object) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in str(value))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Plain columns, left-aligned, two spaces apart."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
@@ -88,10 +88,10 @@ def _job_dict(job: WorkerJob) -> dict[str, Any]:
     return {**row, "status": job.state.value}
 
 
-_SUMMARY_HEADERS = ("ID", "TYPE", "USER", "STATUS", "DUE", "FINISHED", "ATTEMPTS", "CRON", "FROM")
+SUMMARY_HEADERS = ("ID", "TYPE", "USER", "STATUS", "DUE", "FINISHED", "ATTEMPTS", "CRON", "FROM")
 
 
-def _summary_row(job: store.JobSummary | WorkerJob) -> list[object]:
+def summary_row(job: store.JobSummary | WorkerJob) -> list[object]:
     status = job.state if isinstance(job, WorkerJob) else job.status
     return [job.id, job.type, job.user_id, status.value, job.due, job.finished,
             job.attempts, job.cron_schedule, job.rescheduled_from_job]
@@ -180,7 +180,7 @@ def _schedule(args: argparse.Namespace) -> int:
         _print_json(_job_dict(job))
     else:
         rows = [[job.id, job.type, job.user_id, job.due, job.cron_schedule]]
-        print(_table(["ID", "TYPE", "USER", "DUE", "CRON"], rows))
+        print(format_table(["ID", "TYPE", "USER", "DUE", "CRON"], rows))
     return 0
 
 
@@ -193,7 +193,7 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([asdict(job) for job in jobs])
     elif jobs:
-        print(_table(_SUMMARY_HEADERS, [_summary_row(job) for job in jobs]))
+        print(format_table(SUMMARY_HEADERS, [summary_row(job) for job in jobs]))
     else:
         print("no jobs match")
     return 0
@@ -223,12 +223,12 @@ def _show(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if isinstance(result, dict) and isinstance(result.get("traceback"), str):
         print("\ntraceback:\n" + result["traceback"].rstrip())
-    chain_rows = [["", *_summary_row(j)] for j in lineage.earlier]
-    chain_rows += [[">", *_summary_row(job)]]
-    chain_rows += [["", *_summary_row(j)] for j in lineage.later]
+    chain_rows = [["", *summary_row(j)] for j in lineage.earlier]
+    chain_rows += [[">", *summary_row(job)]]
+    chain_rows += [["", *summary_row(j)] for j in lineage.later]
     cut = " (cut at the limit)" if lineage.truncated else ""
     print(f"\nlineage, first to latest{cut}:")
-    print(_table(["", *_SUMMARY_HEADERS], chain_rows))
+    print(format_table(["", *SUMMARY_HEADERS], chain_rows))
     return 0
 
 
@@ -273,7 +273,7 @@ def _stats(args: argparse.Namespace) -> int:
         return 0
     rows = [[t, *counts.values(), sum(counts.values())] for t, counts in by_type.items()]
     rows.append(["total", *by_status.values(), sum(by_status.values())])
-    print(_table(["TYPE", *(s.upper() for s in _STATUSES), "TOTAL"], rows))
+    print(format_table(["TYPE", *(s.upper() for s in _STATUSES), "TOTAL"], rows))
     if oldest is None:
         print("\nno pending job")
     else:
@@ -285,6 +285,12 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 # --- parser and entry point -----------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker_bridge.demo import run_demo
+
+    return run_demo(args.seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command("cancel", _cancel, "cancel a live job (a cron job's schedule ends with it)")
     cancel.add_argument("id", type=_job_id)
     command("stats", _stats, "counts by status and type, and the oldest pending job")
+    demo = command("demo", _demo, "schedule the example jobs and run a worker to watch them")
+    demo.add_argument("--seconds", type=_int_between(0, 86_400), default=30,
+                      help="stop after this many seconds (0: run until Ctrl-C; default 30)")
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -52,7 +53,7 @@ def test_one_off_jobs_run_and_their_result_lands(processes: Processes, fetch: Fe
 def test_failure_with_auto_retry_gives_a_lineage(
     processes: Processes, fetch: Fetch, engine: Engine
 ) -> None:
-    processes.worker()
+    worker = processes.worker()
     processes.dispatcher()
     first = schedule_job(
         WorkerJobConfig(
@@ -88,6 +89,13 @@ def test_failure_with_auto_retry_gives_a_lineage(
     second_retry = wait_until(lambda: retry_of(retry.id), 30, "the retry's retry")
     assert fetch(retry.id).started >= retry.due
     assert second_retry.rescheduled_from_job == retry.id
+    # One line at the start and one at the end, naming the retry's row.
+    log = processes.log_of(worker)
+    assert f"job {first.id} (fail, user 1) started" in log
+    assert re.search(
+        rf"job {first.id} \(fail, user 1\) failed: nope in [0-9.]+s; retry is job {retry.id} due ",
+        log,
+    )
 
 
 def _chain(engine: Engine, job_type: str) -> list[WorkerJob]:
@@ -100,7 +108,7 @@ def _chain(engine: Engine, job_type: str) -> list[WorkerJob]:
 
 
 def test_six_field_cron_job_chains_its_runs(processes: Processes, engine: Engine) -> None:
-    processes.worker()
+    worker = processes.worker()
     processes.dispatcher()
     first = schedule_cron_job(WorkerJobConfig(type="echo", user_id=9, data={"c": 1}), "* * * * * *")
 
@@ -118,6 +126,10 @@ def test_six_field_cron_job_chains_its_runs(processes: Processes, engine: Engine
         assert later.due.microsecond == 0
     for run in runs:
         assert run.started is not None and run.started >= run.due
+    assert re.search(
+        rf"job {first.id} \(echo, user 9\) succeeded in [0-9.]+s; next run is job {chain[1].id} ",
+        processes.log_of(worker),
+    )
 
 
 def test_failing_cron_job_keeps_its_schedule(processes: Processes, engine: Engine) -> None:

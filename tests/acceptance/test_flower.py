@@ -1,0 +1,95 @@
+"""Flower, through its HTTP API, shows each job type as its own task with the row's ids."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.acceptance.conftest import Processes, wait_until
+from worker_bridge import WorkerJobConfig, schedule_job
+from worker_bridge.models import WorkerJob
+
+AUTH = "admin:flower-secret"
+
+
+@pytest.fixture
+def backend() -> str:
+    # Flower follows the workers through broker events and broadcast, which
+    # kombu's SQLAlchemy transport (the embedded default) does not carry.
+    return "postgresql"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(port: int, path: str, auth: str | None = AUTH) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _try_get(port: int, path: str) -> Any:
+    try:
+        return _get(port, path)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+        return None
+
+
+def test_flower_shows_jobs_with_their_row_ids_and_states(
+    processes: Processes, fetch: Callable[[int], WorkerJob]
+) -> None:
+    port = _free_port()
+    processes.start(
+        "flower", "flower", f"--port={port}", "--address=127.0.0.1", f"--basic-auth={AUTH}"
+    )
+    processes.worker("wf", 2)
+    processes.dispatcher()
+    wait_until(
+        lambda: _try_get(port, "/api/workers?refresh=1"),
+        60,
+        "Flower to answer and see the worker",
+        interval=0.5,
+    )
+
+    ok = schedule_job(WorkerJobConfig(type="echo", user_id=31, data={"x": 1}))
+    bad = schedule_job(WorkerJobConfig(type="fail", user_id=32))
+
+    def tasks_done() -> dict[str, Any] | None:
+        tasks = _try_get(port, "/api/tasks") or {}
+        finished = {t.get("state") for t in tasks.values()}
+        return tasks if len(tasks) >= 2 and finished <= {"SUCCESS", "FAILURE"} else None
+
+    tasks = wait_until(tasks_done, 60, "Flower to see both jobs finish", interval=0.5)
+    for job, name in ((ok, "jobs.echo"), (bad, "jobs.fail")):
+        row = fetch(job.id)
+        assert row.task_id in tasks, "Flower's task id is the row's task_id"
+        task = tasks[row.task_id]
+        assert task["name"] == name
+        assert f"'job_id': {job.id}" in task["kwargs"]
+        assert f"'user_id': {job.user_id}" in task["kwargs"]
+        # Failures are the table's business: the task itself ends normally.
+        assert task["state"] == "SUCCESS"
+    workers = _get(port, "/api/workers")
+    assert any(name.startswith("wf@") for name in workers)
+    registered = next(w for n, w in workers.items() if n.startswith("wf@")).get("registered", [])
+    assert "jobs.echo" in registered
+
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        _get(port, "/api/tasks", auth=None)
+    assert denied.value.code == 401
+    denied.value.close()
