@@ -20,7 +20,12 @@ from worker_bridge.errors import (
 )
 from worker_bridge.models import JobState, WorkerJob
 from worker_bridge.params import JobParams
-from worker_bridge.scheduling import WorkerJobConfig, schedule_cron_job, schedule_job
+from worker_bridge.scheduling import (
+    WorkerJobConfig,
+    schedule_cron_job,
+    schedule_job,
+    schedule_jobs,
+)
 from worker_bridge.settings import Settings
 
 celery = app
@@ -41,5 +46,6 @@ __all__ = [
     "get_bridge",
     "schedule_cron_job",
     "schedule_job",
+    "schedule_jobs",
     "set_bridge",
 ]

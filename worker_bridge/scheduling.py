@@ -8,7 +8,7 @@ inserted. Pass ``session`` to make that part of your own transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -88,6 +88,37 @@ def schedule_cron_job(
     when None). Each run schedules the next occurrence when it ends.
     """
     return _schedule(config, cron, session, bridge)
+
+
+def schedule_jobs(
+    configs: Sequence[WorkerJobConfig],
+    *,
+    session: SessionLike | None = None,
+    bridge: BridgeApp | None = None,
+) -> list[WorkerJob]:
+    """Schedule many one-off jobs at once, as if by ``schedule_job`` in order.
+
+    Every config is validated before anything is written; the first bad one
+    raises, naming its index. On PostgreSQL the whole batch takes a fixed
+    number of statements, however many jobs it holds; the jobs come back in
+    the order of ``configs``.
+    """
+    bridge = bridge or get_bridge()
+    now = datetime.now(UTC)
+    new_jobs = []
+    for index, config in enumerate(configs):
+        try:
+            new_jobs.append(build_new_job(config, None, now=now, bridge=bridge))
+        except InvalidJobError as exc:
+            raise type(exc)(f"configs[{index}]: {exc}") from exc
+    stale_before = now - bridge.settings.stale_after
+    return in_transaction(
+        bridge,
+        session,
+        lambda conn: store.supersede_and_insert_many(
+            conn, new_jobs, now=now, stale_before=stale_before
+        ),
+    )
 
 
 def _schedule(

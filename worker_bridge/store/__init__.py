@@ -17,6 +17,7 @@ from worker_bridge.store.attempts import (
     refresh_heartbeats,
     wait_for_dispatch_commit,
 )
+from worker_bridge.store.batch import supersede_and_insert_many
 from worker_bridge.store.dispatching import (
     Recovery,
     claim_due_jobs,
@@ -62,5 +63,6 @@ __all__ = [
     "recover_lost_jobs",
     "refresh_heartbeats",
     "supersede_and_insert",
+    "supersede_and_insert_many",
     "wait_for_dispatch_commit",
 ]
