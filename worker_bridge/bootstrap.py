@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker_bridge.db import create_db_engine, create_session_factory
+from worker_bridge.db import autocommit_engine, create_db_engine, create_session_factory
 from worker_bridge.loader import JobRegistry
 from worker_bridge.settings import Settings
 
@@ -38,9 +38,12 @@ class BridgeApp:
     celery: Celery | None = None
     #: The job types of ``settings.jobs_package``.
     jobs: JobRegistry = field(init=False)
+    #: ``engine`` in autocommit mode, for writes that are one statement.
+    autocommit: Engine = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "jobs", JobRegistry(self.settings.jobs_package))
+        object.__setattr__(self, "autocommit", autocommit_engine(self.engine))
 
     @classmethod
     def from_settings(
@@ -94,10 +97,10 @@ def ensure_embedded_schema(engine: Engine) -> None:
     """
     import logging
 
-    from worker_bridge.migrations import upgrade_database
-
-    # Alembic narrates every check at INFO; a worker's log is no place for it.
+    # Alembic narrates every check (and its plugins, at import) at INFO; a
+    # worker's log is no place for it.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from worker_bridge.migrations import upgrade_database
     try:
         upgrade_database(engine)
     except OperationalError:

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from worker_bridge.errors import ConfigurationError
 from worker_bridge.loader import JobRegistry
@@ -48,8 +48,9 @@ def create_celery_app(config_module: str | None = None) -> Celery:
     """Build the Celery app worker_bridge runs on, with one task per job type."""
     celery = Celery("worker_bridge")
     celery.add_defaults(CELERY_DEFAULTS)
-    celery.config_from_object(config_module or os.environ.get("CELERY_CONFIG_MODULE",
-                                                              "celeryconfig"))
+    celery.config_from_object(
+        config_module or os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig")
+    )
     settings = Settings.from_conf(celery.conf)
     try:
         register_job_tasks(celery, JobRegistry(settings.jobs_package))
@@ -59,4 +60,27 @@ def create_celery_app(config_module: str | None = None) -> Celery:
     return celery
 
 
+def declare_embedded_queue(sender: Any = None, **_: Any) -> None:
+    """Create the default queue of kombu's SQLAlchemy transport once, up front.
+
+    The transport creates a queue's row on first use without guarding against
+    a concurrent creator, so a worker and a dispatcher starting together can
+    crash on a unique violation. Declaring here, where the loser of that race
+    simply finds the row on a second try, spares them.
+    """
+    celery = app if sender is None else getattr(sender, "app", app)
+    if not str(celery.conf.broker_url or "").startswith("sqla+"):
+        return
+    for attempt in range(2):
+        try:
+            with celery.connection_for_write() as connection:
+                connection.default_channel.queue_declare(queue=celery.conf.task_default_queue)
+            return
+        except Exception:
+            if attempt:
+                logger.exception("could not declare the embedded broker's queue")
+
+
 app = create_celery_app()
+signals.celeryd_init.connect(declare_embedded_queue, weak=False)
+signals.beat_init.connect(declare_embedded_queue, weak=False)

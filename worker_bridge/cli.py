@@ -77,8 +77,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 def _duration(delta: timedelta) -> str:
     seconds = int(abs(delta.total_seconds()))
-    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m"),
-             (seconds % 60, "s")]
+    parts = [
+        (seconds // 86400, "d"),
+        (seconds // 3600 % 24, "h"),
+        (seconds // 60 % 60, "m"),
+        (seconds % 60, "s"),
+    ]
     return " ".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
@@ -93,8 +97,17 @@ SUMMARY_HEADERS = ("ID", "TYPE", "USER", "STATUS", "DUE", "FINISHED", "ATTEMPTS"
 
 def summary_row(job: store.JobSummary | WorkerJob) -> list[object]:
     status = job.state if isinstance(job, WorkerJob) else job.status
-    return [job.id, job.type, job.user_id, status.value, job.due, job.finished,
-            job.attempts, job.cron_schedule, job.rescheduled_from_job]
+    return [
+        job.id,
+        job.type,
+        job.user_id,
+        status.value,
+        job.due,
+        job.finished,
+        job.attempts,
+        job.cron_schedule,
+        job.rescheduled_from_job,
+    ]
 
 
 # --- argument values ----------------------------------------------------------------------
@@ -206,14 +219,21 @@ def _show(args: argparse.Namespace) -> int:
             raise CommandError(f"no job with id {args.id}")
         lineage = store.job_lineage(connection, args.id)
     if args.json:
-        chain = {"earlier": [asdict(j) for j in lineage.earlier],
-                 "later": [asdict(j) for j in lineage.later], "truncated": lineage.truncated}
+        chain = {
+            "earlier": [asdict(j) for j in lineage.earlier],
+            "later": [asdict(j) for j in lineage.later],
+            "truncated": lineage.truncated,
+        }
         _print_json({"job": _job_dict(job), "lineage": chain})
         return 0
     fields = _job_dict(job)
     result = fields.pop("result")
-    fields = {"id": fields.pop("id"), "type": fields.pop("type"), "status": fields.pop("status"),
-              **fields}
+    fields = {
+        "id": fields.pop("id"),
+        "type": fields.pop("type"),
+        "status": fields.pop("status"),
+        **fields,
+    }
     fields["data"] = json.dumps(fields["data"], ensure_ascii=False)
     width = max(map(len, fields))
     for key, value in fields.items():
@@ -252,8 +272,10 @@ def _cancel(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"job": _job_dict(after), "previous_status": before.state.value})
     else:
-        print(f"cancelled job {after.id} ({after.type}, user {after.user_id}), "
-              f"which was {before.state.value}")
+        print(
+            f"cancelled job {after.id} ({after.type}, user {after.user_id}), "
+            f"which was {before.state.value}"
+        )
     return 0
 
 
@@ -268,8 +290,14 @@ def _stats(args: argparse.Namespace) -> int:
         pending = None
         if oldest is not None:
             pending = {**asdict(oldest), "late_seconds": (now - oldest.due).total_seconds()}
-        _print_json({"total": sum(by_status.values()), "by_status": by_status,
-                     "by_type": by_type, "oldest_pending": pending})
+        _print_json(
+            {
+                "total": sum(by_status.values()),
+                "by_status": by_status,
+                "by_type": by_type,
+                "oldest_pending": pending,
+            }
+        )
         return 0
     rows = [[t, *counts.values(), sum(counts.values())] for t, counts in by_type.items()]
     rows.append(["total", *by_status.values(), sum(by_status.values())])
@@ -279,8 +307,10 @@ def _stats(args: argparse.Namespace) -> int:
     else:
         late = now - oldest.due
         when = f"{_duration(late)} late" if late >= timedelta(0) else f"due in {_duration(late)}"
-        print(f"\noldest pending job: {oldest.id} ({oldest.type}, user {oldest.user_id}), "
-              f"due {_stamp(oldest.due)}, {when}")
+        print(
+            f"\noldest pending job: {oldest.id} ({oldest.type}, user {oldest.user_id}), "
+            f"due {_stamp(oldest.due)}, {when}"
+        )
     return 0
 
 
@@ -301,8 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON instead of columns")
     # Also accepted after the command; SUPPRESS keeps a global --json from being reset.
     json_flag = argparse.ArgumentParser(add_help=False)
-    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                           help="print JSON instead of columns")
+    json_flag.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON instead of columns",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -320,20 +354,36 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("type", help="job type: a module of the jobs package")
     schedule.add_argument("--user", type=_user_id, required=True, help="user id (0: system)")
     schedule.add_argument("--data", help="a JSON object passed to run() as params.job.data")
-    schedule.add_argument("--due", help="ISO-8601 time with an offset, e.g. 2030-01-31T09:00Z "
-                          "(default: now; with --cron, the first run is the next fire after it)")
+    schedule.add_argument(
+        "--due",
+        help="ISO-8601 time with an offset, e.g. 2030-01-31T09:00Z "
+        "(default: now; with --cron, the first run is the next fire after it)",
+    )
     schedule.add_argument("--cron", help="cron expression: 5 fields, or 6 with seconds first")
-    schedule.add_argument("--retry-delay", type=_milliseconds, metavar="MS",
-                          help="retry a failed run after MS milliseconds")
-    schedule.add_argument("--remove-delay", type=_milliseconds, metavar="MS", default=0,
-                          help="keep the row MS milliseconds after it succeeds")
+    schedule.add_argument(
+        "--retry-delay",
+        type=_milliseconds,
+        metavar="MS",
+        help="retry a failed run after MS milliseconds",
+    )
+    schedule.add_argument(
+        "--remove-delay",
+        type=_milliseconds,
+        metavar="MS",
+        default=0,
+        help="keep the row MS milliseconds after it succeeds",
+    )
 
     jobs = command("jobs", _jobs, "list jobs, newest first")
     jobs.add_argument("--type", help="only this job type")
     jobs.add_argument("--user", type=_user_id, help="only this user id")
     jobs.add_argument("--status", choices=_STATUSES, help="only jobs in this state")
-    jobs.add_argument("--limit", type=_int_between(1, _MAX_LIMIT), default=50,
-                      help="at most this many jobs (default 50)")
+    jobs.add_argument(
+        "--limit",
+        type=_int_between(1, _MAX_LIMIT),
+        default=50,
+        help="at most this many jobs (default 50)",
+    )
 
     show = command("show", _show, "one job: every column, its result and its lineage")
     show.add_argument("id", type=_job_id)
@@ -341,8 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id", type=_job_id)
     command("stats", _stats, "counts by status and type, and the oldest pending job")
     demo = command("demo", _demo, "schedule the example jobs and run a worker to watch them")
-    demo.add_argument("--seconds", type=_int_between(0, 86_400), default=30,
-                      help="stop after this many seconds (0: run until Ctrl-C; default 30)")
+    demo.add_argument(
+        "--seconds",
+        type=_int_between(0, 86_400),
+        default=30,
+        help="stop after this many seconds (0: run until Ctrl-C; default 30)",
+    )
     return parser
 
 

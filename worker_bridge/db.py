@@ -32,7 +32,10 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
             "(e.g. postgresql+psycopg://user@host/db)"
         ) from exc
     backend = parsed.get_backend_name()
-    options: dict[str, Any] = {"json_serializer": json_dumps, "pool_pre_ping": True}
+    # No pool_pre_ping: it costs a round trip on every checkout, on the hot
+    # path of every job. A connection found dead is invalidated with the whole
+    # pool on first use, and the worker and dispatcher retry that operation.
+    options: dict[str, Any] = {"json_serializer": json_dumps}
     if backend == "postgresql":
         options["connect_args"] = {"options": "-c timezone=UTC"}
     elif backend == "sqlite":
@@ -60,6 +63,18 @@ def _sqlite_on_begin(connection: Any) -> None:
     # transaction that reads and then writes can fail with "database is
     # locked" at once when another process writes, instead of waiting.
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def autocommit_engine(engine: Engine) -> Engine:
+    """``engine`` (same pool) in autocommit mode, for single-statement writes.
+
+    One conditional UPDATE is atomic by itself; autocommit spares it the
+    BEGIN and COMMIT round trips. SQLite keeps its explicit transactions (see
+    ``_sqlite_on_begin``), which cost no network there.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

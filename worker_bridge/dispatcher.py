@@ -202,8 +202,11 @@ class Dispatcher:
                         channel = connection.channel()
                 return total
         except Exception as exc:
-            logger.warning("cannot count the broker's queued messages (%s): lost messages "
-                           "are not re-sent on this pass", exc)
+            logger.warning(
+                "cannot count the broker's queued messages (%s): lost messages "
+                "are not re-sent on this pass",
+                exc,
+            )
             return None
 
     def seconds_until_next_pass(self, report: DispatchReport, now: datetime) -> float:

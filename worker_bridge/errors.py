@@ -11,6 +11,7 @@
     │   ├── InvalidDueError           (also ValueError/TypeError) due naive or not a datetime
     │   ├── InvalidDelayError         (also ValueError/TypeError) negative or non-numeric delay
     │   └── InvalidCronError          (also ValueError) a cron string that cannot be parsed
+    ├── PendingJobConflictError       another writer added a pending job of the pair first
     ├── JobNotFoundError              (also LookupError) no row with that id
     ├── JobModuleError                a job module that cannot be imported or has no run()
     └── StaleAttemptError             a write from an attempt the table no longer recognises
@@ -56,6 +57,15 @@ class InvalidDelayError(InvalidJobError, ValueError, TypeError):
 
 class InvalidCronError(InvalidJobError, ValueError):
     """A cron expression that cannot be parsed or never fires."""
+
+
+class PendingJobConflictError(WorkerBridgeError):
+    """Another writer inserted a pending job of the same type and user first.
+
+    Only raised by writes that skip the per-pair lock (single-statement,
+    autocommit scheduling), which then retry: the next attempt cancels the
+    other writer's job, as if the two had been serialised.
+    """
 
 
 class JobNotFoundError(WorkerBridgeError, LookupError):

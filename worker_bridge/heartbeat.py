@@ -68,7 +68,8 @@ class Heartbeat:
             logger.warning(
                 "job %s: heartbeat refused, the attempt is no longer current (cancelled, or "
                 "recovered and sent again); its result will be refused too",
-                job_id, extra={"job_id": job_id},
+                job_id,
+                extra={"job_id": job_id},
             )
         return lost
 

@@ -33,9 +33,7 @@ class Outcome:
     follow_up: NewJob | None
 
 
-def error_result(
-    message: str, exception: str, trace: str | None = None
-) -> dict[str, Any]:
+def error_result(message: str, exception: str, trace: str | None = None) -> dict[str, Any]:
     """The ``result`` of a failed run."""
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "... [truncated]"

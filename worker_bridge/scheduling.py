@@ -25,6 +25,7 @@ from worker_bridge.errors import (
     InvalidJobDataError,
     InvalidJobError,
     InvalidUserIdError,
+    PendingJobConflictError,
 )
 from worker_bridge.models import NewJob, WorkerJob
 from worker_bridge.payload import json_problem, serialized_size
@@ -131,11 +132,16 @@ def _schedule(
     now = datetime.now(UTC)
     new_job = build_new_job(config, cron, now=now, bridge=bridge)
     stale_before = now - bridge.settings.stale_after
-    job = in_transaction(
-        bridge,
-        session,
-        lambda conn: store.supersede_and_insert(conn, new_job, now=now, stale_before=stale_before),
-    )
+    if session is None:
+        job = _insert_optimistically(bridge, new_job, now=now, stale_before=stale_before)
+    else:
+        job = in_transaction(
+            bridge,
+            session,
+            lambda conn: store.supersede_and_insert(
+                conn, new_job, now=now, stale_before=stale_before
+            ),
+        )
     logger.debug(
         "scheduled job %s (%s, user %s) due %s",
         job.id,
@@ -145,6 +151,30 @@ def _schedule(
         extra={"job_id": job.id, "job_type": job.type, "user_id": job.user_id},
     )
     return job
+
+
+#: Optimistic single-statement attempts before falling back to the pair's lock.
+_OPTIMISTIC_ATTEMPTS = 3
+
+
+def _insert_optimistically(
+    bridge: BridgeApp, new_job: NewJob, *, now: datetime, stale_before: datetime
+) -> WorkerJob:
+    # Our own transaction: one autocommit statement (cancel + insert) is
+    # atomic, and the one-pending unique index catches a concurrent writer of
+    # the same pair; retrying then cancels that writer's job, which is what
+    # serialising on the lock would have done. Under sustained contention on
+    # one pair, fall back to the lock rather than retry without end.
+    for _ in range(_OPTIMISTIC_ATTEMPTS):
+        try:
+            with bridge.autocommit.begin() as connection:
+                return store.supersede_and_insert(
+                    connection, new_job, now=now, stale_before=stale_before, serialize=False
+                )
+        except PendingJobConflictError:
+            continue
+    with bridge.engine.begin() as connection:
+        return store.supersede_and_insert(connection, new_job, now=now, stale_before=stale_before)
 
 
 def in_transaction(

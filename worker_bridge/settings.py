@@ -85,8 +85,7 @@ class Settings:
             value = getattr(self, name)
             if value <= timedelta(0):
                 raise ConfigurationError(f"worker_bridge_{name} must be positive, got {value}")
-        for name in ("dispatch_batch_size", "max_in_flight", "max_data_bytes",
-                     "max_result_bytes"):
+        for name in ("dispatch_batch_size", "max_in_flight", "max_data_bytes", "max_result_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"worker_bridge_{name} must be at least 1")
         if self.heartbeat_interval >= self.heartbeat_timeout:

@@ -57,10 +57,8 @@ def _heartbeat_for(bridge: BridgeApp) -> Heartbeat:
     if _heartbeat is None:
 
         def write(attempts: Sequence[tuple[int, str]], now: datetime) -> set[int]:
-            with bridge.engine.connect() as connection:
-                alive = store.refresh_heartbeats(connection, attempts, now=now)
-                connection.commit()
-                return alive
+            with bridge.autocommit.begin() as connection:
+                return store.refresh_heartbeats(connection, attempts, now=now)
 
         _heartbeat = Heartbeat(write, bridge.settings.heartbeat_interval.total_seconds())
     return _heartbeat
@@ -198,21 +196,21 @@ def execute_job(task: JobTask, job_id: Any = None, user_id: Any = None, **extra:
 
 
 def _claim(bridge: BridgeApp, job_id: int, token: str, worker: str) -> WorkerJob | None:
-    with bridge.engine.connect() as connection:
+    # One autocommit UPDATE: the whole claim is a single round trip.
+    with bridge.autocommit.begin() as connection:
         claimed = store.claim_job(connection, job_id, token, worker=worker, now=datetime.now(UTC))
-        connection.commit()
-        if claimed is not None:
-            return claimed
-        # The message may have outrun the dispatcher's commit: wait for the
-        # row to be free and look again before refusing it.
+    if claimed is not None:
+        return claimed
+    # The message may have outrun the dispatcher's commit: wait for the row
+    # to be free and look again before refusing it.
+    with bridge.engine.begin() as connection:
         store.wait_for_dispatch_commit(connection, job_id, timeout_ms=CLAIM_LOCK_TIMEOUT_MS)
-        connection.commit()
+    with bridge.autocommit.begin() as connection:
         claimed = store.claim_job(connection, job_id, token, worker=worker, now=datetime.now(UTC))
         if claimed is None:
             reason = store.describe_refusal(connection, job_id, token)
             logger.info("job %s: skipped: %s", job_id, reason, extra={"job_id": job_id})
-        connection.commit()
-        return claimed
+    return claimed
 
 
 def _call_run(bridge: BridgeApp, job: WorkerJob, log: Any) -> Any:
@@ -231,7 +229,9 @@ def _write_outcome(
     stale_before = now - bridge.settings.stale_after
 
     def write() -> WorkerJob | bool | None:
-        with bridge.engine.begin() as connection:
+        # Without a follow-up the finish is one UPDATE: autocommit, one round trip.
+        engine = bridge.engine if outcome.follow_up is not None else bridge.autocommit
+        with engine.begin() as connection:
             if outcome.follow_up is not None:
                 # Lock before touching the row: a scheduler holding this pair's
                 # lock may be about to cancel it, and must not wait on us.

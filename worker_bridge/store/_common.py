@@ -38,11 +38,6 @@ def cancellation_result(cancelled_by: int | None, reason: str) -> dict[str, Any]
 # is taken before any lock it acquires.
 LOCK_PAIR = text("SELECT pg_advisory_xact_lock(hashtext(:type), :user_id)")
 
-# Cancel the matching pending rows and insert the new one in one statement.
-# The scalar subquery over `cancelled` in the INSERT's WHERE forces the UPDATE
-# to run first, so the old row has left the one-pending index before the new
-# row enters it.
-
 
 def job_values(job: NewJob) -> dict[str, Any]:
     return {

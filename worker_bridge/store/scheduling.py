@@ -13,7 +13,9 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
+from worker_bridge.errors import PendingJobConflictError
 from worker_bridge.models import JSONType, NewJob, UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
     all_columns,
@@ -25,11 +27,28 @@ from worker_bridge.store._common import (
     lock_type_user,
 )
 
+_ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
+
+# Cancel the matching pending rows and insert the new one in one statement.
+#  - The statement takes the pair's lock itself, before it locks or inserts any
+#    row: the UPDATE's condition needs `pair_lock` (an InitPlan, run before the
+#    first row is locked) and the new id is drawn from it. So a writer that
+#    holds the lock (scheduling in the caller's transaction takes it in a
+#    statement of its own first, and sees every row committed before it got
+#    it) never meets a row this statement inserted behind its back: at worst
+#    this statement, whose snapshot predates the wait, meets the one-pending
+#    unique index, and the caller retries.
+#  - The scalar subquery over `cancelled` in the INSERT's WHERE forces the
+#    UPDATE to run first, so the old row has left the one-pending index
+#    before the new row enters it.
 _SUPERSEDE_AND_INSERT = (
     text(
         """
-        WITH new_job AS (
-            SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) AS id
+        WITH pair_lock AS MATERIALIZED (
+            SELECT true AS held FROM (
+                SELECT pg_advisory_xact_lock(hashtext(:type), :user_id)) AS l
+        ), new_job AS (
+            SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) AS id FROM pair_lock
         ), cancelled AS (
             UPDATE worker_jobs AS w
             SET started = :now, finished = :now, success = false, updated_at = :now,
@@ -42,6 +61,7 @@ _SUPERSEDE_AND_INSERT = (
             FROM new_job
             WHERE w.type = :type AND w.user_id = :user_id AND w.finished IS NULL
               AND (w.started IS NULL OR w.started < :stale_before)
+              AND (SELECT held FROM pair_lock)
             RETURNING w.id
         )
         INSERT INTO worker_jobs (
@@ -67,20 +87,39 @@ _SUPERSEDE_AND_INSERT = (
 
 
 def supersede_and_insert(
-    connection: Connection, job: NewJob, *, now: datetime, stale_before: datetime
+    connection: Connection,
+    job: NewJob,
+    *,
+    now: datetime,
+    stale_before: datetime,
+    serialize: bool = True,
 ) -> WorkerJob:
     """Cancel the pending jobs ``job`` supersedes, then insert it.
 
     Pending means: same type and user, not finished, and either not started or
     started before ``stale_before``. Cancelled rows get ``started = finished =
     now``, ``success = false`` and a result naming the new row.
+
+    With ``serialize`` (the default) it first takes the pair's lock, so it
+    waits for a concurrent writer instead of failing. Without it, on an
+    autocommit connection, it is one round trip, and a concurrent writer's
+    pending row makes it raise :class:`PendingJobConflictError` (the caller
+    retries, and the retry cancels that row).
     """
     values = job_values(job)
     if is_postgresql(connection):
-        lock_type_user(connection, job.type, job.user_id)
-        row = connection.execute(
-            _SUPERSEDE_AND_INSERT, {**values, "now": now, "stale_before": stale_before}
-        ).one()
+        if serialize:
+            lock_type_user(connection, job.type, job.user_id)
+        try:
+            row = connection.execute(
+                _SUPERSEDE_AND_INSERT, {**values, "now": now, "stale_before": stale_before}
+            ).one()
+        except IntegrityError as exc:
+            if _ONE_PENDING_INDEX in str(exc.orig):
+                raise PendingJobConflictError(
+                    f"another writer scheduled a {job.type} job for user {job.user_id} first"
+                ) from exc
+            raise
         return job_from_row(row)
     return _supersede_and_insert_portable(connection, values, now=now, stale_before=stale_before)
 

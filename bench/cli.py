@@ -1,0 +1,162 @@
+"""``python -m bench``: options, the run, clean-up, the table."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+
+from bench.infra import BenchDatabase, BenchError, BenchRedis, Processes, process_env
+from bench.measurements import ITEMS, Bench, say
+from bench.report import Line, describe_machine, format_table
+
+#: --quick: a smoke run of a few hundred jobs, well under a minute.
+QUICK = {"n": 300, "latency_jobs": 50, "cron_fires": 3}
+DEFAULTS = {"n": 20_000, "latency_jobs": 300, "cron_fires": 60}
+
+ITEM_NAMES = {
+    1: "scheduling rate",
+    2: "end-to-end throughput",
+    3: "bare Celery",
+    4: "latency",
+    5: "cron precision",
+    6: "scale",
+    7: "dispatcher alone",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark worker_bridge on PostgreSQL + Redis with real celery processes.",
+    )
+    parser.add_argument("--n", type=int, default=None,
+                        help="jobs of the throughput and dispatcher runs (default 20000)")
+    parser.add_argument("--latency-jobs", type=int, default=None,
+                        help="jobs of the latency run (default 300)")
+    parser.add_argument("--cron-fires", type=int, default=None,
+                        help="fires of the every-second cron job (default 60)")
+    parser.add_argument("--scale", action="store_true",
+                        help="also run item 6 (inserts 1.1M rows first)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: defaults become {QUICK}")
+    parser.add_argument("--only", metavar="ITEMS", default=None,
+                        help="comma-separated items to run, e.g. 2,4 (default: 1-5 and 7)")
+    parser.add_argument("--redis-db", type=int, default=13,
+                        help="Redis database number to use and flush (default 13)")
+    parser.add_argument("--keep-db", action="store_true",
+                        help="keep the benchmark's PostgreSQL database at the end")
+    args = parser.parse_args(argv)
+    for key, default in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    if args.n < 1 or args.latency_jobs < 1 or args.cron_fires < 1:
+        parser.error("--n, --latency-jobs and --cron-fires must be at least 1")
+    try:
+        args.items = selected_items(args.only, args.scale)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def selected_items(only: str | None, scale: bool) -> list[int]:
+    if only is None:
+        chosen = {item for item in ITEMS if item != 6}
+    else:
+        chosen = set()
+        for part in only.split(","):
+            if not part.strip().isdigit() or int(part) not in ITEMS:
+                raise ValueError(f"--only: {part!r} is not an item (1-7)")
+            chosen.add(int(part))
+    if scale:
+        chosen.add(6)
+    return sorted(chosen)
+
+
+class Interrupted(Exception):
+    """SIGTERM: unwind like Ctrl-C, so that the clean-up below runs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted()
+
+
+def run_items(bench: Bench, processes: Processes, items: list[int]) -> int:
+    """Run each item; a failed one gets an ERROR line and the others still run."""
+    errors = 0
+    for item in items:
+        try:
+            bench.run(item)
+        except Exception as exc:
+            errors += 1
+            say(f"item {item} ({ITEM_NAMES[item]}) FAILED: {exc}")
+            traceback.print_exc(file=sys.stderr)
+            bench.lines.append(Line(f"{item} {ITEM_NAMES[item]}", None, "-", "-", False, "ERROR"))
+        finally:
+            processes.stop_all()
+    return errors
+
+
+def print_report(machine: str, args: argparse.Namespace, seconds: float, lines: list[Line]) -> None:
+    if machine:
+        print(machine)
+        command = " ".join(["python -m bench", *args.argv])
+        print(f"run:      {command} (n={args.n:,}, latency jobs={args.latency_jobs}, "
+              f"cron fires={args.cron_fires}; took {seconds:.0f} s)")
+        print()
+    if lines:
+        print(format_table(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    log_dir = Path(tempfile.mkdtemp(prefix="worker_bridge_bench_"))
+    redis_db: BenchRedis | None = None
+    db: BenchDatabase | None = None
+    processes: Processes | None = None
+    bench: Bench | None = None
+    machine = ""
+    errors = 0
+    interrupted = False
+    started = time.monotonic()
+    try:
+        redis_db = BenchRedis(args.redis_db)
+        db = BenchDatabase()
+        say(f"database {db.name}, Redis database {args.redis_db}, logs in {log_dir}")
+        processes = Processes(process_env(db.url, redis_db.url), log_dir)
+        machine = describe_machine(db.engine, redis_db.info("redis_version"))
+        bench = Bench(db, redis_db, processes, n=args.n, latency_jobs=args.latency_jobs,
+                      cron_fires=args.cron_fires)
+        errors = run_items(bench, processes, args.items)
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+        say("interrupted: stopping processes and cleaning up")
+    except BenchError as exc:
+        say(f"cannot run: {exc}")
+        errors += 1
+    finally:
+        # Every process group, the database and the Redis database, whatever happened.
+        if processes is not None:
+            processes.stop_all()
+        if db is not None:
+            db.drop(keep=args.keep_db)
+            if args.keep_db:
+                say(f"kept database {db.name}")
+        if redis_db is not None:
+            redis_db.release()
+        if errors or interrupted:
+            say(f"celery logs kept in {log_dir}")
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    print_report(machine, args, time.monotonic() - started, bench.lines if bench else [])
+    if interrupted:
+        return 130
+    return 1 if errors else 0
