@@ -45,9 +45,12 @@ def database_url() -> Iterator[str]:
     engine = create_engine(url)
     upgrade_database(engine)
     engine.dispose()
+    admin.dispose()
     try:
         yield url
     finally:
+        # A fresh engine: the fault suite may have restarted the server meanwhile.
+        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
@@ -55,7 +58,10 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def session_bridge(database_url: str) -> Iterator[BridgeApp]:
-    bridge = BridgeApp.from_settings(Settings(database_url=database_url, jobs_package=TEST_JOBS))
+    # pre-ping: the fault suite restarts PostgreSQL under the suite's own pool.
+    bridge = BridgeApp.from_settings(
+        Settings(database_url=database_url, jobs_package=TEST_JOBS), pool_pre_ping=True
+    )
     yield bridge
     bridge.dispose()
 
