@@ -446,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{what} at {where}: {reason}", url)
     except (CommandError, WorkerBridgeError) as exc:
         return _fail(str(exc))
+    except UnicodeError:
+        return _fail("an argument is not valid UTF-8 text")
     except SQLAlchemyError as exc:
         # Only the first line: the rest is the statement and its parameters.
         return _fail(f"database error: {str(exc).strip().splitlines()[0]}", _bridge_url())

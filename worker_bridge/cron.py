@@ -304,5 +304,5 @@ def next_fire(expr: str, after: datetime, tz: str | tzinfo = "UTC") -> datetime:
     after = after.astimezone(UTC)
     try:
         return (_fixed_fire if spec.fixed else _wildcard_fire)(spec, zone, after)
-    except (CroniterBadDateError, OverflowError):
+    except (CroniterBadDateError, OverflowError, ValueError):
         raise _fail(expr, f"it never fires after {after.isoformat()}") from None

@@ -5,6 +5,7 @@
     WorkerBridgeError
     ├── ConfigurationError            settings or environment that cannot work
     ├── InvalidJobError               a job config that must not be written
+    │   ├── InvalidJobConfigError     (also TypeError) not a WorkerJobConfig, or a bad flag
     │   ├── UnknownJobTypeError       (also ValueError) no module of that name in the jobs package
     │   ├── InvalidJobDataError       (also ValueError/TypeError) not storable JSON, or too large
     │   ├── InvalidUserIdError        (also TypeError/ValueError) not a 32-bit int
@@ -33,6 +34,10 @@ class ConfigurationError(WorkerBridgeError):
 
 class InvalidJobError(WorkerBridgeError):
     """A job config was rejected before anything was written or cancelled."""
+
+
+class InvalidJobConfigError(InvalidJobError, TypeError):
+    """The config is not a WorkerJobConfig, or one of its flags has the wrong type."""
 
 
 class UnknownJobTypeError(InvalidJobError, ValueError):

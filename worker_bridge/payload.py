@@ -9,9 +9,16 @@ error instead of a failed transaction or data that comes back changed.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from worker_bridge.db import json_dumps
+
+_INT_DIGITS = sys.get_int_max_str_digits() or 4300
+_INT_LIMIT = 10**_INT_DIGITS
+#: json writes floats from 1e16 up in exponent form without a decimal point,
+#: which JSONB stores as an integer: they would come back as ints.
+_FLOAT_AS_INT = 1e16
 
 #: Deeper documents than this are refused: PostgreSQL and Python's json both
 #: recurse per level, and nothing a job needs is nested this deep.
@@ -25,11 +32,21 @@ def json_problem(value: Any) -> str | None:
         item, where, depth = stack.pop()
         if depth > MAX_DEPTH:
             return f"nested deeper than {MAX_DEPTH} levels at {where}"
-        if item is None or isinstance(item, bool | int):
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            # Python refuses to print ints this long (sys.get_int_max_str_digits).
+            if abs(item) >= _INT_LIMIT:
+                return f"int at {where} has more than {_INT_DIGITS} digits"
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
                 return f"{item!r} at {where} is not valid JSON (NaN and Infinity are refused)"
+            if abs(item) >= _FLOAT_AS_INT:
+                return (
+                    f"float {item!r} at {where} would come back as an int "
+                    "(PostgreSQL keeps 1e16 and above without a decimal point)"
+                )
         elif isinstance(item, str):
             problem = _string_problem(item)
             if problem:

@@ -22,6 +22,7 @@ from worker_bridge.cron import next_fire, validate_cron
 from worker_bridge.errors import (
     InvalidDelayError,
     InvalidDueError,
+    InvalidJobConfigError,
     InvalidJobDataError,
     InvalidJobError,
     InvalidUserIdError,
@@ -198,7 +199,7 @@ def build_new_job(
 ) -> NewJob:
     """Validate ``config`` (and ``cron``) into the row to write; raise on bad input."""
     if not isinstance(config, WorkerJobConfig):
-        raise InvalidJobError(f"expected a WorkerJobConfig, got {type(config).__name__}")
+        raise InvalidJobConfigError(f"expected a WorkerJobConfig, got {type(config).__name__}")
     job_type = bridge.jobs.check_type(config.type)
     user_id = config.user_id
     if isinstance(user_id, bool) or not isinstance(user_id, int):
@@ -208,7 +209,7 @@ def build_new_job(
     data = check_data(config.data, bridge.settings.max_data_bytes)
     due = check_due(config.due, now)
     if not isinstance(config.auto_reschedule_on_failure, bool):
-        raise InvalidJobError("auto_reschedule_on_failure must be a bool")
+        raise InvalidJobConfigError("auto_reschedule_on_failure must be a bool")
     retry_delay = delay_ms(
         config.auto_reschedule_on_failure_delay, "auto_reschedule_on_failure_delay"
     )
@@ -258,7 +259,10 @@ def check_due(due: object, now: datetime) -> datetime:
             f"due {due.isoformat()} is naive: pass a timezone-aware datetime "
             "(e.g. datetime.now(UTC))"
         )
-    return due.astimezone(UTC)
+    try:
+        return due.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidDueError(f"due {due.isoformat()} is out of range in UTC") from exc
 
 
 def delay_ms(value: object, name: str) -> int:

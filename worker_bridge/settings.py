@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -47,7 +47,8 @@ class Settings:
     """
 
     #: SQLAlchemy URL of the database that holds ``worker_jobs``.
-    database_url: str = DEFAULT_DATABASE_URL
+    #: Not in repr(): it may hold a password, and reprs end up in logs.
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
     #: Importable package whose modules are the job types.
     jobs_package: str = DEFAULT_JOBS_PACKAGE
     #: Zone in which cron expressions are evaluated (the Celery ``timezone``).

@@ -92,8 +92,50 @@ def _is_connection_error(exc: DBAPIError) -> bool:
     return isinstance(exc.orig, psycopg.OperationalError | psycopg.InterfaceError)
 
 
+def _is_protocol2_body(payload: Any) -> bool:
+    return (
+        isinstance(payload, list | tuple)
+        and len(payload) == 3
+        and isinstance(payload[0], list | tuple)
+        and isinstance(payload[1], dict)
+        and isinstance(payload[2], dict)
+    )
+
+
+def job_strategy(task: JobTask, app: Celery, consumer: Any, **options: Any) -> Any:
+    """Celery's default strategy, behind a check of the message's shape.
+
+    Celery's request object assumes a body of ``[args, kwargs, embed]``; a
+    forged message with any other JSON body would crash the worker's main
+    process (and, redelivered under acks_late, the next worker's too). Such a
+    message is refused with one log line and dropped.
+    """
+    from celery.worker.strategy import default
+
+    handle = default(task, app, consumer, **options)
+
+    def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+        try:
+            valid = _is_protocol2_body(message.payload)
+        except Exception:
+            valid = False
+        if not valid:
+            logger.error(
+                "task %s[%s]: refused: malformed message body (expected [args, kwargs, embed])",
+                task.name,
+                (message.headers or {}).get("id"),
+            )
+            message.reject(requeue=False)
+            return None
+        return handle(message, body, ack, reject, callbacks, **kw)
+
+    return guarded
+
+
 class JobTask(Task):  # type: ignore[misc]
     """Base class of the ``jobs.<type>`` tasks."""
+
+    Strategy = "worker_bridge.tasks:job_strategy"
 
     #: Set by :func:`register_job_tasks`.
     job_type: str = ""
@@ -113,7 +155,7 @@ class JobTask(Task):  # type: ignore[misc]
 def execute_job(task: JobTask, job_id: Any = None, user_id: Any = None, **extra: Any) -> None:
     """The body of every ``jobs.<type>`` task."""
     token = task.request.id
-    if isinstance(job_id, bool) or not isinstance(job_id, int) or extra:
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id < 2**63 or extra:
         logger.error(
             "task %s[%s]: refused: expected keyword arguments job_id (int) and user_id, "
             "got job_id=%r%s",
