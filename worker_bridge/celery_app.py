@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from celery import Celery, signals
@@ -51,6 +52,16 @@ def create_celery_app(config_module: str | None = None) -> Celery:
     celery.config_from_object(
         config_module or os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig")
     )
+    if str(celery.conf.broker_url or "").startswith("sqla+sqlite") and not (
+        celery.conf.broker_transport_options
+    ):
+        # kombu's SQLAlchemy transport reads a message, then deletes it, in a
+        # deferred SQLite transaction: with a worker and a dispatcher in two
+        # processes, the upgrade to a write lock fails at once ("database is
+        # locked"). Writes that take the lock up front wait for it instead.
+        celery.conf.broker_transport_options = {
+            "connect_args": {"timeout": 30, "isolation_level": "IMMEDIATE"}
+        }
     settings = Settings.from_conf(celery.conf)
     try:
         register_job_tasks(celery, JobRegistry(settings.jobs_package))
@@ -66,19 +77,33 @@ def declare_embedded_queue(sender: Any = None, **_: Any) -> None:
     The transport creates a queue's row on first use without guarding against
     a concurrent creator, so a worker and a dispatcher starting together can
     crash on a unique violation. Declaring here, where the loser of that race
-    simply finds the row on a second try, spares them.
+    simply finds the row on a retry, spares them.
     """
-    celery = app if sender is None else getattr(sender, "app", app)
-    if not str(celery.conf.broker_url or "").startswith("sqla+"):
+    if not str(app.conf.broker_url or "").startswith("sqla+"):
         return
-    for attempt in range(2):
+    for attempt in range(5):
         try:
-            with celery.connection_for_write() as connection:
-                connection.default_channel.queue_declare(queue=celery.conf.task_default_queue)
-            return
+            with app.connection_for_write() as connection:
+                connection.default_channel.queue_declare(queue=app.conf.task_default_queue)
+            break
         except Exception:
-            if attempt:
+            if attempt == 4:
                 logger.exception("could not declare the embedded broker's queue")
+            time.sleep(0.2 * (attempt + 1))
+    # The worker's main process forks its pool (and `-B`'s dispatcher) after
+    # this: no SQLite connection may cross a fork, and kombu keeps its engines
+    # in a class-level cache.
+    _forget_kombu_engines()
+
+
+def _forget_kombu_engines() -> None:
+    from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+    engines = getattr(kombu_sqlalchemy.Channel, "_engines", None)
+    if isinstance(engines, dict):
+        for engine, _session in list(engines.values()):
+            engine.dispose()
+        engines.clear()
 
 
 app = create_celery_app()

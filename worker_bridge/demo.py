@@ -31,8 +31,12 @@ EXAMPLES = (
 
 def schedule_examples() -> None:
     """Schedule the three example jobs (replacing pending ones from an earlier run)."""
-    schedule_job(WorkerJobConfig(type="hello", user_id=1, data={"name": "worker_bridge"}))
-    schedule_cron_job(WorkerJobConfig(type="tick", user_id=0), "*/3 * * * * *")
+    # Kept an hour after they succeed, so the minutely removal job leaves them in view.
+    keep = timedelta(hours=1)
+    schedule_job(
+        WorkerJobConfig(type="hello", user_id=1, data={"name": "worker_bridge"}, remove_delay=keep)
+    )
+    schedule_cron_job(WorkerJobConfig(type="tick", user_id=0, remove_delay=keep), "*/3 * * * * *")
     schedule_job(
         WorkerJobConfig(
             type="flaky",
@@ -40,6 +44,7 @@ def schedule_examples() -> None:
             data={"fail_times": 2},
             auto_reschedule_on_failure=True,
             auto_reschedule_on_failure_delay=timedelta(seconds=2),
+            remove_delay=keep,
         )
     )
 
