@@ -52,6 +52,7 @@ class Processes:
         self.env = env
         self.log_dir = log_dir
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.commands: dict[int, tuple[str, tuple[str, ...], dict[str, str] | None]] = {}
 
     def start(
         self, name: str, *args: str, env: dict[str, str] | None = None
@@ -68,7 +69,18 @@ class Processes:
         )
         handle.close()
         self.started.append((process, log))
+        self.commands[process.pid] = (name, args, env)
         return process
+
+    def restart_exited(self) -> list[str]:
+        """Start again every process that exited, as a supervisor (systemd, compose) would."""
+        restarted = []
+        for process, _ in list(self.started):
+            if process.poll() is not None and process.pid in self.commands:
+                name, args, env = self.commands.pop(process.pid)
+                self.start(f"{name}-restarted", *args, env=env)
+                restarted.append(name)
+        return restarted
 
     def worker(
         self,
@@ -104,6 +116,7 @@ class Processes:
         return ""
 
     def stop(self, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+        self.commands.pop(process.pid, None)  # stopped on purpose: not to be restarted
         if process.poll() is None:
             # The main process only: it shuts its pool down itself (a TERM to the
             # whole group leaves the embedded broker's worker hanging in warm shutdown).

@@ -77,6 +77,7 @@ class Workload:
         self.roots: list[int] = []
         self.cron_root: int | None = None
         self.results_before: dict[int, Any] = {}
+        self.restarts = 0
 
     def start(self, one_off: int = 120, sleepy: int = 8, failing: int = 10) -> None:
         due = datetime.now(UTC)
@@ -178,10 +179,16 @@ class Workload:
                 )
             )
 
-    def settle(self, timeout: float) -> float:
-        """Wait until every row is finished (the cron chain stopped); return when."""
+    def settle(self, timeout: float, supervisor: Processes | None = None) -> float:
+        """Wait until every row is finished (the cron chain stopped); return when.
+
+        With ``supervisor``, a process that exited is started again, as its
+        supervisor would in production; the restarts are counted.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if supervisor is not None:
+                self.restarts += len(supervisor.restart_exited())
             self.stop_cron()
             if all(job.finished is not None for job in self.rows()):
                 return time.monotonic()
