@@ -186,6 +186,13 @@ def test_duplicate_messages_and_messages_for_gone_rows(
     deleted = schedule_job(WorkerJobConfig(type="work", user_id=3))
     client = redis.Redis(host=REDIS_HOST, db=redis_db)
     wait_until(lambda: client.llen("celery") >= 3, 30, "three messages in the queue")
+    # Published is not yet committed: stop the dispatcher only once the table
+    # records all three dispatches (a stop in between would roll them back).
+    wait_until(
+        lambda: all(workload.job(j.id).task_id for j in (target, cancelled, deleted)),
+        30,
+        "the three dispatches to be committed",
+    )
     processes.stop(dispatcher)
     fault_time = time.monotonic()
     for raw in client.lrange("celery", 0, -1):  # every message delivered twice
