@@ -23,7 +23,6 @@ from sqlalchemy.exc import DBAPIError
 
 from worker_bridge import store
 from worker_bridge.bootstrap import BridgeApp, get_bridge
-from worker_bridge.errors import WorkerBridgeError
 from worker_bridge.heartbeat import Heartbeat
 from worker_bridge.models import WorkerJob
 from worker_bridge.outcome import Outcome, decide_outcome, error_result
@@ -348,4 +347,4 @@ def register_job_tasks(celery: Celery, registry: JobRegistry) -> list[str]:
     return names
 
 
-__all__ = ["JobTask", "WorkerBridgeError", "execute_job", "register_job_tasks", "task_name"]
+__all__ = ["JobTask", "execute_job", "register_job_tasks", "task_name"]
