@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
@@ -38,12 +38,22 @@ class BridgeApp:
     celery: Celery | None = None
     #: The job types of ``settings.jobs_package``.
     jobs: JobRegistry = field(init=False)
-    #: ``engine`` in autocommit mode, for writes that are one statement.
+    #: An autocommit engine on the same database, for writes that are one
+    #: statement. Built by :meth:`from_settings`; when not given, ``engine``
+    #: itself is used in autocommit mode.
+    autocommit_engine: InitVar[Engine | None] = None
+    #: The engine for single-statement writes (see ``autocommit_engine``).
     autocommit: Engine = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, autocommit_engine: Engine | None) -> None:
         object.__setattr__(self, "jobs", JobRegistry(self.settings.jobs_package))
-        object.__setattr__(self, "autocommit", autocommit_engine(self.engine))
+        if autocommit_engine is None:
+            autocommit_engine = (
+                self.engine
+                if self.engine.dialect.name == "sqlite"
+                else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            )
+        object.__setattr__(self, "autocommit", autocommit_engine)
 
     @classmethod
     def from_settings(
@@ -56,11 +66,14 @@ class BridgeApp:
             engine=engine,
             session_factory=create_session_factory(engine),
             celery=celery,
+            autocommit_engine=autocommit_engine(engine, **engine_options),
         )
 
-    def dispose(self) -> None:
-        """Close the engine's pooled connections."""
-        self.engine.dispose()
+    def dispose(self, close: bool = True) -> None:
+        """Close the engines' pooled connections (``close=False``: forget them, after a fork)."""
+        self.engine.dispose(close=close)
+        if self.autocommit.pool is not self.engine.pool:
+            self.autocommit.dispose(close=close)
 
 
 _lock = threading.Lock()
@@ -79,7 +92,7 @@ def get_bridge() -> BridgeApp:
             if _bridge is not None:
                 # Inherited across fork: drop the parent's pooled connections
                 # without closing the sockets the parent still uses.
-                _bridge.engine.dispose(close=False)
+                _bridge.dispose(close=False)
             from worker_bridge.celery_app import app as celery
 
             _bridge = BridgeApp.from_settings(Settings.from_conf(celery.conf), celery=celery)

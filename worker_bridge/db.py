@@ -65,16 +65,22 @@ def _sqlite_on_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def autocommit_engine(engine: Engine) -> Engine:
-    """``engine`` (same pool) in autocommit mode, for single-statement writes.
+def autocommit_engine(engine: Engine, **kwargs: Any) -> Engine:
+    """An engine in autocommit mode for ``engine``'s database, for single-statement writes.
 
     One conditional UPDATE is atomic by itself; autocommit spares it the
-    BEGIN and COMMIT round trips. SQLite keeps its explicit transactions (see
-    ``_sqlite_on_begin``), which cost no network there.
+    BEGIN and COMMIT round trips. The engine has a pool of its own whose
+    connections stay in autocommit: sharing ``engine``'s pool would switch
+    each connection's mode at every checkout and back at every return, which
+    costs more than the statement on the worker's hot path. ``kwargs`` are
+    the options ``engine`` was created with. SQLite keeps its explicit
+    transactions (see ``_sqlite_on_begin``), which cost no network there.
     """
     if engine.dialect.name == "sqlite":
         return engine
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return create_db_engine(
+        engine.url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT", **kwargs
+    )
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -100,6 +100,55 @@ def test_a_pass_sends_due_rows_and_only_those(
     assert len(queue()) == 3
 
 
+def test_each_sent_job_gets_one_task_sent_event_published_once_per_batch(
+    bridge: BridgeApp, celery_app: Celery
+) -> None:
+    """Flower learns of every dispatched job from its task-sent event; the
+    dispatcher publishes a batch's events as one ``task.multi`` message."""
+    events: list[dict[str, Any]] = []
+    messages: list[int] = []
+    with celery_app.connection_for_read() as connection:
+        receiver = celery_app.events.Receiver(connection, handlers={"*": events.append})
+        receive = receiver._receive
+
+        def count_messages(body: Any, message: Any) -> None:
+            messages.append(len(body) if isinstance(body, list) else 1)
+            receive(body, message)
+
+        receiver._receive = count_messages  # type: ignore[method-assign]
+        thread = threading.Thread(
+            target=receiver.capture, kwargs={"wakeup": False}, daemon=True
+        )
+        thread.start()
+        try:
+            # Pub/sub keeps nothing for late subscribers: wait until ours hears.
+            with celery_app.connection_for_write() as probe_connection:
+                probe = celery_app.events.Dispatcher(probe_connection)
+                deadline = time.monotonic() + 10
+                while not any(e["type"] == "worker-probe" for e in events):
+                    assert time.monotonic() < deadline, "the event receiver never subscribed"
+                    probe.send("worker-probe")
+                    time.sleep(0.05)
+                probe.close()
+            events.clear()
+            messages.clear()
+
+            jobs = [schedule_job(WorkerJobConfig(type="echo", user_id=i)) for i in range(5)]
+            report = Dispatcher(bridge, celery_app).run_once()
+            deadline = time.monotonic() + 10
+            while len(events) < 5:
+                assert time.monotonic() < deadline, f"task-sent events missing: {events}"
+                time.sleep(0.02)
+        finally:
+            receiver.should_stop = True
+            thread.join(5)
+    assert sorted(j.id for j in report.sent) == sorted(j.id for j in jobs)
+    assert [e["type"] for e in events] == ["task-sent"] * 5
+    assert sorted(e["uuid"] for e in events) == sorted(j.task_id or "" for j in report.sent)
+    assert {(e["name"], e["queue"]) for e in events} == {("jobs.echo", "celery")}
+    assert messages == [5], "the batch's events should travel as one message"
+
+
 def test_a_row_without_a_module_fails_instead_of_being_sent(
     bridge: BridgeApp,
     celery_app: Celery,

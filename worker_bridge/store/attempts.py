@@ -8,13 +8,15 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    bindparam,
+    func,
     select,
     text,
     tuple_,
     update,
 )
 
-from worker_bridge.models import WorkerJob
+from worker_bridge.models import UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
     all_columns,
     is_postgresql,
@@ -22,6 +24,47 @@ from worker_bridge.store._common import (
     jobs_table,
 )
 from worker_bridge.store.reading import get_job
+
+# The worker's two statements are built once: building an UPDATE costs more
+# CPU than running it, and they run once per job.
+_CLAIM = (
+    update(jobs_table)
+    .where(
+        (jobs_table.c.id == bindparam("job_id"))
+        & (jobs_table.c.task_id == bindparam("token"))
+        # "Neither started nor finished". Not written as two IS NULL tests:
+        # those imply the predicate of the partial index of pending rows, and
+        # a plan cached while that index was small would then scan all of it
+        # instead of looking the id up in the primary key.
+        & func.coalesce(jobs_table.c.started, jobs_table.c.finished).is_(None)
+    )
+    .values(
+        started=bindparam("now", type_=UTCDateTime),
+        heartbeat=bindparam("now", type_=UTCDateTime),
+        worker=bindparam("claimed_by"),
+        attempts=jobs_table.c.attempts + 1,
+        updated_at=bindparam("now", type_=UTCDateTime),
+    )
+    .returning(*all_columns)
+)
+
+_FINISH = (
+    update(jobs_table)
+    .where(
+        (jobs_table.c.id == bindparam("job_id"))
+        & (jobs_table.c.task_id == bindparam("token"))
+        & jobs_table.c.started.isnot(None)
+        & jobs_table.c.finished.is_(None)
+    )
+    .values(
+        finished=bindparam("now", type_=UTCDateTime),
+        success=bindparam("succeeded"),
+        result=bindparam("outcome", type_=jobs_table.c.result.type),
+        remove_at=bindparam("removable_at", type_=UTCDateTime),
+        heartbeat=None,
+        updated_at=bindparam("now", type_=UTCDateTime),
+    )
+)
 
 
 def claim_job(
@@ -34,21 +77,7 @@ def claim_job(
     duplicate or outdated message, a cancelled or a running row is refused.
     """
     row = connection.execute(
-        update(jobs_table)
-        .where(
-            (jobs_table.c.id == job_id)
-            & (jobs_table.c.task_id == token)
-            & jobs_table.c.started.is_(None)
-            & jobs_table.c.finished.is_(None)
-        )
-        .values(
-            started=now,
-            heartbeat=now,
-            worker=worker,
-            attempts=jobs_table.c.attempts + 1,
-            updated_at=now,
-        )
-        .returning(*all_columns)
+        _CLAIM, {"job_id": job_id, "token": token, "claimed_by": worker, "now": now}
     ).one_or_none()
     return None if row is None else job_from_row(row)
 
@@ -106,21 +135,15 @@ def finish_job(
     current one (recovered and sent again, or cancelled meanwhile).
     """
     finished = connection.execute(
-        update(jobs_table)
-        .where(
-            (jobs_table.c.id == job_id)
-            & (jobs_table.c.task_id == token)
-            & jobs_table.c.started.isnot(None)
-            & jobs_table.c.finished.is_(None)
-        )
-        .values(
-            finished=now,
-            success=success,
-            result=result,
-            remove_at=remove_at,
-            heartbeat=None,
-            updated_at=now,
-        )
+        _FINISH,
+        {
+            "job_id": job_id,
+            "token": token,
+            "now": now,
+            "succeeded": success,
+            "outcome": result,
+            "removable_at": remove_at,
+        },
     )
     return finished.rowcount == 1
 
