@@ -13,12 +13,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from worker_bridge import store
@@ -44,6 +46,48 @@ TASK_PREFIX = "jobs."
 CLAIM_LOCK_TIMEOUT_MS = 30_000
 
 _heartbeat: Heartbeat | None = None
+
+
+#: Set in prefork pool children, which run one task at a time (see _attempt_connection).
+_one_task_at_a_time = False
+_kept: Connection | None = None
+_kept_pid: int | None = None
+
+
+def _on_pool_child_start(**_: Any) -> None:
+    global _one_task_at_a_time
+    _one_task_at_a_time = True
+
+
+signals.worker_process_init.connect(_on_pool_child_start, weak=False)
+
+
+@contextmanager
+def _attempt_connection(bridge: BridgeApp) -> Iterator[Connection]:
+    """An autocommit connection for one statement of the running attempt.
+
+    A prefork child runs one task at a time, so it keeps one connection for
+    its claims and finishes rather than taking one from the pool for each:
+    two checkouts per job cost about as much CPU as the two statements. Any
+    error drops the kept connection (a broken one is not reused). Other pools
+    run tasks in several threads of one process and use the pool as usual.
+    """
+    global _kept, _kept_pid
+    if not _one_task_at_a_time:
+        with bridge.autocommit.begin() as connection:
+            yield connection
+        return
+    if _kept is None or _kept_pid != os.getpid() or _kept.engine is not bridge.autocommit:
+        _kept = bridge.autocommit.connect()
+        _kept_pid = os.getpid()
+    connection = _kept
+    try:
+        yield connection
+        connection.commit()
+    except BaseException:
+        _kept = None
+        connection.close()
+        raise
 
 
 def task_name(job_type: str) -> str:
@@ -238,7 +282,7 @@ def execute_job(task: JobTask, job_id: Any = None, user_id: Any = None, **extra:
 
 def _claim(bridge: BridgeApp, job_id: int, token: str, worker: str) -> WorkerJob | None:
     # One autocommit UPDATE: the whole claim is a single round trip.
-    with bridge.autocommit.begin() as connection:
+    with _attempt_connection(bridge) as connection:
         claimed = store.claim_job(connection, job_id, token, worker=worker, now=datetime.now(UTC))
     if claimed is not None:
         return claimed
@@ -271,27 +315,29 @@ def _write_outcome(
 
     def write() -> WorkerJob | bool | None:
         # Without a follow-up the finish is one UPDATE: autocommit, one round trip.
-        engine = bridge.engine if outcome.follow_up is not None else bridge.autocommit
-        with engine.begin() as connection:
-            if outcome.follow_up is not None:
-                # Lock before touching the row: a scheduler holding this pair's
-                # lock may be about to cancel it, and must not wait on us.
-                store.lock_type_user(connection, job.type, job.user_id)
-            if not store.finish_job(
-                connection,
-                job.id,
-                token,
-                now=now,
-                success=outcome.success,
-                result=outcome.result,
-                remove_at=outcome.remove_at,
-            ):
+        if outcome.follow_up is None:
+            with _attempt_connection(bridge) as connection:
+                return None if finish(connection) else False
+        with bridge.engine.begin() as connection:
+            # Lock before touching the row: a scheduler holding this pair's
+            # lock may be about to cancel it, and must not wait on us.
+            store.lock_type_user(connection, job.type, job.user_id)
+            if not finish(connection):
                 return False
-            if outcome.follow_up is None:
-                return None
             return store.supersede_and_insert(
                 connection, outcome.follow_up, now=now, stale_before=stale_before
             )
+
+    def finish(connection: Connection) -> bool:
+        return store.finish_job(
+            connection,
+            job.id,
+            token,
+            now=now,
+            success=outcome.success,
+            result=outcome.result,
+            remove_at=outcome.remove_at,
+        )
 
     try:
         written = _with_db_retry(

@@ -15,11 +15,17 @@ from worker_bridge.models import CANCELLED_MARK, NewJob, WorkerJob
 
 jobs_table = cast(Table, WorkerJob.__table__)
 all_columns = list(jobs_table.columns)
+_column_keys = tuple(column.key for column in all_columns)
 
 
-def job_from_row(row: Row[Any]) -> WorkerJob:
-    """Build a detached ``WorkerJob`` from a full row of ``worker_jobs``."""
-    return WorkerJob(**row._asdict())
+def job_from_row(row: Row[Any], width: int | None = None) -> WorkerJob:
+    """Build a detached ``WorkerJob`` from a row whose first columns are ``all_columns``.
+
+    ``width``: how many leading columns are the table's (the rest are extras).
+    """
+    if width is None:
+        return WorkerJob(**row._asdict())
+    return WorkerJob(**dict(zip(_column_keys, row[:width], strict=True)))
 
 
 def is_postgresql(connection: Connection) -> bool:
