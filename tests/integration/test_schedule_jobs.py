@@ -146,3 +146,30 @@ def test_concurrent_overlapping_batches_leave_one_pending_job_per_pair(
         thread.join(120)
     assert not errors, errors
     _check_one_pending_per_key(all_jobs(), writers * rounds * 20)
+
+
+def test_a_batch_of_tens_of_thousands_of_pairs_holds_a_bounded_number_of_locks(
+    bridge: BridgeApp, engine: Engine
+) -> None:
+    """One advisory lock per pair would exhaust PostgreSQL's lock table
+    ("out of shared memory") beyond some ten thousand pairs; the pairs'
+    locks are hash buckets, so any batch holds at most PAIR_LOCK_BUCKETS."""
+    from worker_bridge.store._common import PAIR_LOCK_BUCKETS
+
+    count = 30_000
+    configs = [WorkerJobConfig(type="echo", user_id=i) for i in range(count)]
+    with Session(engine) as session, session.begin():
+        jobs = schedule_jobs(configs, session=session)
+        held = session.execute(
+            text(
+                "SELECT count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert 0 < held <= PAIR_LOCK_BUCKETS
+    assert len(jobs) == count
+    with engine.connect() as connection:
+        pending = connection.execute(
+            text("SELECT count(*) FROM worker_jobs WHERE type = 'echo' AND started IS NULL")
+        ).scalar_one()
+    assert pending == count

@@ -37,12 +37,31 @@ def cancellation_result(cancelled_by: int | None, reason: str) -> dict[str, Any]
     return {"error": reason, CANCELLED_MARK: True, "cancelled_by": cancelled_by}
 
 
-# Serialises every writer of one (type, user_id): the partial unique index can
-# only say "one unstarted job", not "cancel the stale started ones too", and
-# under READ COMMITTED a second writer must see the first one's row before it
-# decides what to cancel. A separate statement, because a statement's snapshot
-# is taken before any lock it acquires.
-LOCK_PAIR = text("SELECT pg_advisory_xact_lock(hashtext(:type), :user_id)")
+# Every writer of one (type, user_id) serialises on an advisory lock: the
+# partial unique index can only say "one unstarted job", not "cancel the stale
+# started ones too", and under READ COMMITTED a second writer must see the
+# first one's row before it decides what to cancel.
+#
+# The lock is one of PAIR_LOCK_BUCKETS, picked by hashing the pair, not one
+# per pair: a batch then holds at most that many locks whatever its size (one
+# per pair exhausts PostgreSQL's shared lock table, max_locks_per_transaction,
+# beyond some ten thousand pairs), at the price of two writers of different
+# pairs sharing a lock with a chance of 1 in 1024, for one statement.
+PAIR_LOCK_BUCKETS = 1024
+#: First key of worker_bridge's two-key advisory locks, kept apart from an application's.
+PAIR_LOCK_CLASS = 0x776A6273
+
+
+def pair_lock_bucket(type_sql: str, user_id_sql: str) -> str:
+    """SQL: the second key of the lock of the pair given by two SQL expressions."""
+    return f"((hashtext({type_sql}) # {user_id_sql}) & {PAIR_LOCK_BUCKETS - 1})"
+
+
+# A separate statement, because a statement's snapshot is taken before any
+# lock it acquires.
+LOCK_PAIR = text(
+    f"SELECT pg_advisory_xact_lock({PAIR_LOCK_CLASS}, {pair_lock_bucket(':type', ':user_id')})"
+)
 
 
 def job_values(job: NewJob) -> dict[str, Any]:

@@ -9,21 +9,27 @@ from sqlalchemy import Connection, bindparam, text
 
 from worker_bridge.db import json_dumps
 from worker_bridge.models import NewJob, UTCDateTime, WorkerJob
-from worker_bridge.store._common import all_columns, is_postgresql, job_from_row
+from worker_bridge.store._common import (
+    PAIR_LOCK_CLASS,
+    all_columns,
+    is_postgresql,
+    job_from_row,
+    pair_lock_bucket,
+)
 from worker_bridge.store.scheduling import supersede_and_insert
 
 _NEXT_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) FROM generate_series(1, :n)"
 )
 
-# Every writer of a (type, user_id) pair takes its lock; taking a batch's
-# locks in one fixed order keeps two overlapping batches from deadlocking.
+# Every writer of a (type, user_id) pair takes its lock (see _common); taking a
+# batch's locks in one fixed order keeps two overlapping batches from deadlocking.
 _LOCK_PAIRS = text(
-    """
-    SELECT pg_advisory_xact_lock(k.h, k.user_id)
-    FROM (SELECT DISTINCT hashtext(type) AS h, user_id
+    f"""
+    SELECT pg_advisory_xact_lock({PAIR_LOCK_CLASS}, k.bucket)
+    FROM (SELECT DISTINCT {pair_lock_bucket("type", "user_id")} AS bucket
           FROM jsonb_to_recordset(CAST(:keys AS jsonb)) AS x(type text, user_id int)) AS k
-    ORDER BY k.h, k.user_id
+    ORDER BY k.bucket
     """
 )
 

@@ -19,11 +19,13 @@ from sqlalchemy import (
 
 from worker_bridge.models import UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
+    PAIR_LOCK_CLASS,
     all_columns,
     cancellation_result,
     is_postgresql,
     job_from_row,
     jobs_table,
+    pair_lock_bucket,
 )
 
 # Claim due rows for sending. One statement: the SELECT ... FOR UPDATE SKIP
@@ -156,7 +158,7 @@ def fail_unsendable(
 # that job instead. pg_try_advisory_xact_lock skips pairs a scheduler holds
 # right now; they are picked up on the next pass.
 _RECOVER_LOST = text(
-    """
+    f"""
         WITH lost AS (
             SELECT w.id, w.type, w.user_id, w.started IS NOT NULL AS was_started,
                    CASE
@@ -176,7 +178,8 @@ _RECOVER_LOST = text(
                     AND (w.started < :stale_before
                          OR coalesce(w.heartbeat, w.started) < :heartbeat_before))
               )
-              AND (w.started IS NULL OR pg_try_advisory_xact_lock(hashtext(w.type), w.user_id))
+              AND (w.started IS NULL OR pg_try_advisory_xact_lock(
+                       {PAIR_LOCK_CLASS}, {pair_lock_bucket("w.type", "w.user_id")}))
             LIMIT :limit
             FOR UPDATE OF w SKIP LOCKED
         ), reset AS (

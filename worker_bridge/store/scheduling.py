@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from worker_bridge.errors import PendingJobConflictError
 from worker_bridge.models import JSONType, NewJob, UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
+    PAIR_LOCK_CLASS,
     all_columns,
     cancellation_result,
     is_postgresql,
@@ -25,6 +26,7 @@ from worker_bridge.store._common import (
     job_values,
     jobs_table,
     lock_type_user,
+    pair_lock_bucket,
 )
 
 _ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
@@ -43,10 +45,11 @@ _ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
 #    before the new row enters it.
 _SUPERSEDE_AND_INSERT = (
     text(
-        """
+        f"""
         WITH pair_lock AS MATERIALIZED (
             SELECT true AS held FROM (
-                SELECT pg_advisory_xact_lock(hashtext(:type), :user_id)) AS l
+                SELECT pg_advisory_xact_lock(
+                    {PAIR_LOCK_CLASS}, {pair_lock_bucket(":type", ":user_id")})) AS l
         ), new_job AS (
             SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) AS id FROM pair_lock
         ), cancelled AS (
