@@ -10,11 +10,10 @@ from sqlalchemy import Connection, bindparam, text
 from worker_bridge.db import json_dumps
 from worker_bridge.models import NewJob, UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
-    PAIR_LOCK_CLASS,
+    PAIR_LOCK_KEYS,
     all_columns,
     is_postgresql,
     job_from_row,
-    pair_lock_bucket,
 )
 from worker_bridge.store.scheduling import supersede_and_insert
 
@@ -25,13 +24,13 @@ _NEXT_IDS = text(
 # Every writer of a (type, user_id) pair takes its lock (see _common); taking a
 # batch's locks in one fixed order keeps two overlapping batches from deadlocking.
 _LOCK_PAIRS = text(
-    f"""
-    SELECT pg_advisory_xact_lock({PAIR_LOCK_CLASS}, k.bucket)
-    FROM (SELECT DISTINCT {pair_lock_bucket("type", "user_id")} AS bucket
+    """
+    SELECT pg_advisory_xact_lock(:lock_class, k.bucket)
+    FROM (SELECT DISTINCT (hashtext(type) # user_id) & :lock_mask AS bucket
           FROM jsonb_to_recordset(CAST(:keys AS jsonb)) AS x(type text, user_id int)) AS k
     ORDER BY k.bucket
     """
-)
+).bindparams(**PAIR_LOCK_KEYS)
 
 # One statement for the whole batch. Within the batch, each job but the last
 # of its pair is written already cancelled by the next one (what scheduling

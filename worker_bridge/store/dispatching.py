@@ -19,13 +19,12 @@ from sqlalchemy import (
 
 from worker_bridge.models import UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
-    PAIR_LOCK_CLASS,
+    PAIR_LOCK_KEYS,
     all_columns,
     cancellation_result,
     is_postgresql,
     job_from_row,
     jobs_table,
-    pair_lock_bucket,
 )
 
 # Claim due rows for sending. One statement: the SELECT ... FOR UPDATE SKIP
@@ -158,7 +157,7 @@ def fail_unsendable(
 # that job instead. pg_try_advisory_xact_lock skips pairs a scheduler holds
 # right now; they are picked up on the next pass.
 _RECOVER_LOST = text(
-    f"""
+    """
         WITH lost AS (
             SELECT w.id, w.type, w.user_id, w.started IS NOT NULL AS was_started,
                    CASE
@@ -179,7 +178,7 @@ _RECOVER_LOST = text(
                          OR coalesce(w.heartbeat, w.started) < :heartbeat_before))
               )
               AND (w.started IS NULL OR pg_try_advisory_xact_lock(
-                       {PAIR_LOCK_CLASS}, {pair_lock_bucket("w.type", "w.user_id")}))
+                       :lock_class, (hashtext(w.type) # w.user_id) & :lock_mask))
             LIMIT :limit
             FOR UPDATE OF w SKIP LOCKED
         ), reset AS (
@@ -209,6 +208,7 @@ _RECOVER_LOST = text(
     bindparam("stale_before", type_=UTCDateTime),
     bindparam("heartbeat_before", type_=UTCDateTime),
     bindparam("redispatch_before", type_=UTCDateTime),
+    **PAIR_LOCK_KEYS,
 )
 
 

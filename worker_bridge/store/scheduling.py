@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from worker_bridge.errors import PendingJobConflictError
 from worker_bridge.models import JSONType, NewJob, UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
-    PAIR_LOCK_CLASS,
+    PAIR_LOCK_KEYS,
     all_columns,
     cancellation_result,
     is_postgresql,
@@ -26,7 +26,6 @@ from worker_bridge.store._common import (
     job_values,
     jobs_table,
     lock_type_user,
-    pair_lock_bucket,
 )
 
 _ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
@@ -45,11 +44,11 @@ _ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
 #    before the new row enters it.
 _SUPERSEDE_AND_INSERT = (
     text(
-        f"""
+        """
         WITH pair_lock AS MATERIALIZED (
             SELECT true AS held FROM (
                 SELECT pg_advisory_xact_lock(
-                    {PAIR_LOCK_CLASS}, {pair_lock_bucket(":type", ":user_id")})) AS l
+                    :lock_class, (hashtext(:type) # :user_id) & :lock_mask)) AS l
         ), new_job AS (
             SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) AS id FROM pair_lock
         ), cancelled AS (
@@ -78,6 +77,9 @@ _SUPERSEDE_AND_INSERT = (
         WHERE (SELECT count(*) FROM cancelled) >= 0
         RETURNING *
         """
+    )
+    .bindparams(
+        **PAIR_LOCK_KEYS,
     )
     .bindparams(
         bindparam("data", type_=JSONType),
