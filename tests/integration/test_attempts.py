@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from worker_bridge import store
 from worker_bridge.bootstrap import BridgeApp
@@ -127,3 +128,35 @@ def test_the_claim_cannot_be_planned_on_a_partial_index(
             schema_change.rollback()
     # Every index left is partial: any index scan is the one to avoid.
     assert ("Index Scan" in plan or "Index Only Scan" in plan) is uses_partial_index, plan
+
+
+def test_a_lost_connection_surfaces_as_sqlalchemy_does_it_and_is_invalidated(
+    bridge: BridgeApp, job_factory: Callable[..., WorkerJob], engine: Engine
+) -> None:
+    """The claim and finish run on the driver's connection; a connection that
+    dies under them must still raise SQLAlchemy's DBAPIError, flagged as
+    invalidated, which is what the worker's retry looks for."""
+    job = _dispatched(job_factory)
+    with bridge.autocommit.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with engine.connect() as killer:
+            killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError) as raised:
+            store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+        assert raised.value.connection_invalidated and connection.invalidated
+        # The next use reconnects, and the claim goes through.
+        connection.rollback()
+        claimed = store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+        assert claimed is not None and claimed.id == job.id
+
+
+def test_a_statement_error_surfaces_as_sqlalchemy_does_it(
+    bridge: BridgeApp, job_factory: Callable[..., WorkerJob]
+) -> None:
+    job = _dispatched(job_factory)
+    with bridge.autocommit.connect() as connection:
+        with pytest.raises(DBAPIError) as raised:
+            # PostgreSQL refuses a job id beyond bigint.
+            store.claim_job(connection, 2**63, "t-1", worker="w", now=datetime.now(UTC))
+        assert not raised.value.connection_invalidated
+        assert store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -10,8 +11,10 @@ from sqlalchemy import (
     Table,
     text,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
+from sqlalchemy.sql.elements import ClauseElement
 
 from worker_bridge.models import CANCELLED_MARK, NewJob, WorkerJob
 
@@ -25,7 +28,7 @@ configure_mappers()
 _job_manager = manager_of_class(WorkerJob)
 
 
-def job_from_row(row: Row[Any], width: int | None = None) -> WorkerJob:
+def job_from_row(row: Row[Any] | Sequence[Any], width: int | None = None) -> WorkerJob:
     """Build a detached ``WorkerJob`` from a row whose first columns are ``all_columns``.
 
     ``width``: how many leading columns are the table's (the rest are extras).
@@ -90,3 +93,47 @@ def lock_type_user(connection: Connection, job_type: str, user_id: int) -> None:
     """Take the transaction-scoped lock that serialises writers of (type, user_id)."""
     if is_postgresql(connection):
         connection.execute(LOCK_PAIR, {"type": job_type, "user_id": user_id})
+
+
+class DriverStatement:
+    """A Core statement compiled once for PostgreSQL and run on the driver's connection.
+
+    For the worker's claim and finish, which run once per job, SQLAlchemy's
+    work around each execution (execution context, parameter and result
+    processing) costs more CPU than psycopg's whole round trip. The SQL is
+    still the Core statement's, compiled by SQLAlchemy; only its execution
+    skips the machinery. Parameters must be what psycopg adapts as they are
+    (aware datetimes, JSON as text), and rows come back as tuples. Errors are
+    raised as SQLAlchemy would raise them, and a lost connection is
+    invalidated, so callers handle them the same way.
+    """
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self._statement = statement
+        self._compiled: tuple[str, dict[str, Any]] | None = None
+
+    def execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+        """Run on ``connection`` (PostgreSQL); the psycopg cursor."""
+        import psycopg
+
+        if self._compiled is None:
+            compiled = self._statement.compile(dialect=connection.dialect)
+            # The statement's literal values (``attempts + 1``...) are bound once.
+            self._compiled = (str(compiled), dict(compiled.params))
+        sql, defaults = self._compiled
+        driver = connection.connection.driver_connection
+        values = {**defaults, **params}
+        try:
+            return driver.execute(sql, values)  # type: ignore[union-attr]
+        except psycopg.Error as exc:
+            lost = connection.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+            if lost:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                sql,
+                values,
+                exc,
+                psycopg.Error,
+                connection_invalidated=lost,
+                dialect=connection.dialect,
+            ) from exc

@@ -16,8 +16,10 @@ from sqlalchemy import (
     update,
 )
 
+from worker_bridge.db import json_dumps
 from worker_bridge.models import UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
+    DriverStatement,
     all_columns,
     is_postgresql,
     job_from_row,
@@ -58,6 +60,7 @@ _CLAIM_ASYNC_COMMIT = _CLAIM.returning(
     func.set_config("synchronous_commit", "off", True).label("commit_mode")
 )
 _CLAIMED_COLUMNS = len(all_columns)
+_CLAIM_ON_DRIVER = DriverStatement(_CLAIM_ASYNC_COMMIT)
 
 _FINISH = (
     update(jobs_table)
@@ -76,6 +79,7 @@ _FINISH = (
         updated_at=bindparam("now", type_=UTCDateTime),
     )
 )
+_FINISH_ON_DRIVER = DriverStatement(_FINISH)
 
 
 def claim_job(
@@ -87,10 +91,11 @@ def claim_job(
     carries this dispatch's token and is neither started nor finished, so a
     duplicate or outdated message, a cancelled or a running row is refused.
     """
-    statement = _CLAIM_ASYNC_COMMIT if is_postgresql(connection) else _CLAIM
-    row = connection.execute(
-        statement, {"job_id": job_id, "token": token, "claimed_by": worker, "now": now}
-    ).one_or_none()
+    params = {"job_id": job_id, "token": token, "claimed_by": worker, "now": now}
+    if is_postgresql(connection):
+        row = _CLAIM_ON_DRIVER.execute(connection, params).fetchone()
+    else:
+        row = connection.execute(_CLAIM, params).one_or_none()
     return None if row is None else job_from_row(row, _CLAIMED_COLUMNS)
 
 
@@ -146,18 +151,18 @@ def finish_job(
     Returns False, and writes nothing, when the attempt is no longer the row's
     current one (recovered and sent again, or cancelled meanwhile).
     """
-    finished = connection.execute(
-        _FINISH,
-        {
-            "job_id": job_id,
-            "token": token,
-            "now": now,
-            "succeeded": success,
-            "outcome": result,
-            "removable_at": remove_at,
-        },
-    )
-    return finished.rowcount == 1
+    params = {
+        "job_id": job_id,
+        "token": token,
+        "now": now,
+        "succeeded": success,
+        "outcome": result,
+        "removable_at": remove_at,
+    }
+    if is_postgresql(connection):
+        params["outcome"] = json_dumps(result)
+        return bool(_FINISH_ON_DRIVER.execute(connection, params).rowcount == 1)
+    return connection.execute(_FINISH, params).rowcount == 1
 
 
 def describe_refusal(connection: Connection, job_id: int, token: str) -> str:
