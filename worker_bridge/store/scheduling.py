@@ -15,10 +15,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from worker_bridge.db import json_dumps
 from worker_bridge.errors import PendingJobConflictError
 from worker_bridge.models import JSONType, NewJob, UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
     PAIR_LOCK_KEYS,
+    DriverStatement,
     all_columns,
     cancellation_result,
     is_postgresql,
@@ -89,6 +91,8 @@ _SUPERSEDE_AND_INSERT = (
     )
     .columns(*all_columns)
 )
+# schedule_job's one statement; see DriverStatement for why on the driver.
+_SUPERSEDE_AND_INSERT_ON_DRIVER = DriverStatement(_SUPERSEDE_AND_INSERT)
 
 
 def supersede_and_insert(
@@ -115,10 +119,9 @@ def supersede_and_insert(
     if is_postgresql(connection):
         if serialize:
             lock_type_user(connection, job.type, job.user_id)
+        params = {**values, "data": json_dumps(job.data), "now": now, "stale_before": stale_before}
         try:
-            row = connection.execute(
-                _SUPERSEDE_AND_INSERT, {**values, "now": now, "stale_before": stale_before}
-            ).one()
+            row = _SUPERSEDE_AND_INSERT_ON_DRIVER.execute(connection, params).fetchone()
         except IntegrityError as exc:
             if _ONE_PENDING_INDEX in str(exc.orig):
                 raise PendingJobConflictError(
