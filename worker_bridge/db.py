@@ -79,7 +79,8 @@ def autocommit_engine(engine: Engine, **kwargs: Any) -> Engine:
     if engine.dialect.name == "sqlite":
         return engine
     return create_db_engine(
-        engine.url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT", **kwargs
+        engine.url.render_as_string(hide_password=False),
+        **{**kwargs, "isolation_level": "AUTOCOMMIT"},
     )
 
 

@@ -47,10 +47,6 @@ REMOVAL_RETRY_DELAY_MS = 60_000
 BUSY_WAIT = 0.05
 #: Wait when max_in_flight rows are already in the broker.
 THROTTLED_WAIT = 0.05
-#: Once max_in_flight is reached, sending resumes when this share of it is
-#: free again: refilling a few rows at a time would pay a pass's fixed cost
-#: (a claim statement, a producer, a commit) for every few rows.
-REFILL_SHARE = 0.25
 
 
 @dataclass
@@ -129,8 +125,6 @@ class Dispatcher:
         settings = self.bridge.settings
         with self.bridge.engine.connect() as connection:
             room = settings.max_in_flight - store.count_in_flight(connection)
-        if room < settings.max_in_flight * REFILL_SHARE:
-            room = 0
         while room > 0:
             limit = min(settings.dispatch_batch_size, room)
             sent, failed = self.dispatch_batch(now, limit)

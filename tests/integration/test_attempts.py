@@ -135,19 +135,44 @@ def test_a_lost_connection_surfaces_as_sqlalchemy_does_it_and_is_invalidated(
 ) -> None:
     """The claim and finish run on the driver's connection; a connection that
     dies under them must still raise SQLAlchemy's DBAPIError, flagged as
-    invalidated, which is what the worker's retry looks for."""
+    invalidated, which is what the worker's retry looks for, and the pool's
+    other connections, gone with the server, must not be handed out again."""
     job = _dispatched(job_factory)
+    pids = []
+    with bridge.autocommit.connect() as idle, bridge.autocommit.connect() as connection:
+        pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in (idle, connection)]
     with bridge.autocommit.connect() as connection:
-        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with engine.connect() as killer:
-            killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            for pid in pids:
+                killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         with pytest.raises(DBAPIError) as raised:
             store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
         assert raised.value.connection_invalidated and connection.invalidated
-        # The next use reconnects, and the claim goes through.
-        connection.rollback()
+    # The pooled connection that was idle is not handed out again.
+    with bridge.autocommit.connect() as connection:
         claimed = store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
         assert claimed is not None and claimed.id == job.id
+
+
+def test_timestamps_come_back_in_utc_whatever_the_session_time_zone(
+    bridge: BridgeApp, job_factory: Callable[..., WorkerJob]
+) -> None:
+    from worker_bridge.db import create_db_engine
+
+    job = _dispatched(job_factory)
+    elsewhere = create_db_engine(
+        bridge.settings.database_url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c timezone=America/New_York"},
+    )
+    try:
+        with elsewhere.connect() as connection:
+            claimed = store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+    finally:
+        elsewhere.dispose()
+    assert claimed is not None
+    for value in (claimed.due, claimed.started, claimed.created_at, claimed.dispatched_at):
+        assert value is not None and value.tzinfo is UTC
 
 
 def test_a_statement_error_surfaces_as_sqlalchemy_does_it(
@@ -160,3 +185,74 @@ def test_a_statement_error_surfaces_as_sqlalchemy_does_it(
             store.claim_job(connection, 2**63, "t-1", worker="w", now=datetime.now(UTC))
         assert not raised.value.connection_invalidated
         assert store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+
+
+def test_the_heartbeat_writes_back_a_claim_lost_in_a_server_crash(
+    bridge: BridgeApp, job_factory: Callable[..., WorkerJob], engine: Engine, fetch: Fetch
+) -> None:
+    """The claim commits asynchronously: a crash of the server can lose it while
+    the job runs. The row then still carries the attempt's token but no start;
+    the next heartbeat writes the start back, so that recovery does not send
+    the running job again, and the finish is then accepted."""
+    job = _dispatched(job_factory)
+    now = datetime.now(UTC)
+    with bridge.autocommit.begin() as connection:
+        assert store.claim_job(connection, job.id, "t-1", worker="w", now=now) is not None
+    other = job_factory(user_id=2, dispatched_at=now, task_id="t-other")
+    with engine.begin() as connection:  # what the crash leaves: the claim never happened
+        connection.execute(
+            text("UPDATE worker_jobs SET started = NULL, heartbeat = NULL WHERE id = :id"),
+            {"id": job.id},
+        )
+    assert fetch(job.id).state is JobState.DISPATCHED
+    later = datetime.now(UTC)
+    with bridge.autocommit.begin() as connection:
+        # A token the row does not carry stays refused.
+        alive = store.refresh_heartbeats(
+            connection, [(job.id, "t-1"), (other.id, "t-1")], now=later
+        )
+    assert alive == {job.id}
+    restored = fetch(job.id)
+    assert restored.state is JobState.RUNNING and restored.started == later
+    assert fetch(other.id).state is JobState.DISPATCHED
+    with bridge.autocommit.begin() as connection:
+        assert store.finish_job(
+            connection, job.id, "t-1", now=later, success=True, result=None, remove_at=None
+        )
+
+
+def test_the_table_s_columns_come_in_the_model_s_order(engine: Engine) -> None:
+    """Rows from RETURNING * (schedule_job) are read by position."""
+    from worker_bridge.store._common import all_columns
+
+    with engine.connect() as connection:
+        names = list(connection.exec_driver_sql("SELECT * FROM worker_jobs LIMIT 0").keys())
+    assert names == [column.name for column in all_columns]
+
+
+def test_importing_worker_bridge_leaves_the_application_s_mappers_alone() -> None:
+    """Configuring mappers must not reach an application's own models, whose
+    relationships may name classes not defined yet."""
+    import subprocess
+    import sys
+
+    code = (
+        "from sqlalchemy import ForeignKey\n"
+        "from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship\n"
+        "class Base(DeclarativeBase): pass\n"
+        "class Customer(Base):\n"
+        "    __tablename__ = 'customer'\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n"
+        "    orders = relationship('Order')\n"
+        "import worker_bridge.store\n"
+        "class Order(Base):\n"
+        "    __tablename__ = 'orders'\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n"
+        "    customer_id: Mapped[int] = mapped_column(ForeignKey('customer.id'))\n"
+        "print(Customer.orders.property.mapper.class_.__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Order"

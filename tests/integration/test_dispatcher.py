@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from tests.conftest import REDIS_HOST
 from worker_bridge import WorkerJobConfig, schedule_job, store
@@ -369,22 +369,6 @@ def test_max_in_flight_holds_the_backlog_in_the_table(
     assert dispatcher.seconds_until_next_pass(report, datetime.now(UTC)) < 0.1
     assert len(queue()) == 10
     assert dispatcher.run_once().sent == []
-
-    def start(jobs: list[WorkerJob]) -> None:
-        with bridge.engine.begin() as connection:
-            connection.execute(
-                text("UPDATE worker_jobs SET started = now() WHERE id = ANY(:ids)"),
-                {"ids": [job.id for job in jobs]},
-            )
-
-    # Sending resumes only once a quarter of the window is free: not for 2 rows...
-    start(report.sent[:2])
-    refused = dispatcher.run_once()
-    assert refused.sent == [] and refused.throttled
-    # ...but for 3, and then it fills the window again.
-    start(report.sent[2:3])
-    assert len(dispatcher.run_once().sent) == 3
-    assert len(queue()) == 13
 
 
 def test_the_wait_runs_until_the_next_due_time_within_max_interval(

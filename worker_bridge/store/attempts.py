@@ -16,7 +16,6 @@ from sqlalchemy import (
     update,
 )
 
-from worker_bridge.db import json_dumps
 from worker_bridge.models import UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
     DriverStatement,
@@ -52,10 +51,9 @@ _CLAIM = (
 
 # On PostgreSQL the claim commits asynchronously: set_config(..., true) holds
 # for the statement's own transaction, so no other statement is affected.
-# Safe, and why, in the README ("Durability"): the finish that follows commits
-# synchronously, which flushes the claim to disk with it; a claim lost in a
-# server crash leaves the row dispatched, and the job runs again, as after a
-# killed worker.
+# Why that is safe is in the README (Performance): the finish, which commits
+# synchronously, flushes the claim to disk with it, and a claim lost in a
+# crash of the server is written again by the attempt's next heartbeat.
 _CLAIM_ASYNC_COMMIT = _CLAIM.returning(
     func.set_config("synchronous_commit", "off", True).label("commit_mode")
 )
@@ -79,7 +77,7 @@ _FINISH = (
         updated_at=bindparam("now", type_=UTCDateTime),
     )
 )
-_FINISH_ON_DRIVER = DriverStatement(_FINISH)
+_FINISH_ON_DRIVER = DriverStatement(_FINISH, json=("outcome",))
 
 
 def claim_job(
@@ -120,7 +118,14 @@ def wait_for_dispatch_commit(connection: Connection, job_id: int, *, timeout_ms:
 def refresh_heartbeats(
     connection: Connection, attempts: Sequence[tuple[int, str]], *, now: datetime
 ) -> set[int]:
-    """Refresh the heartbeat of these (row id, token) attempts; return the ids still theirs."""
+    """Refresh the heartbeat of these (row id, token) attempts; return the ids still theirs.
+
+    A row that still carries the attempt's token but shows no start lost its
+    claim, which commits asynchronously, in a crash of the database server
+    (every other change to the row clears or replaces the token): the
+    heartbeat writes the start again, so that recovery does not take the
+    running job for one whose message was lost and send it a second time.
+    """
     if not attempts:
         return set()
     alive = connection.execute(
@@ -128,9 +133,8 @@ def refresh_heartbeats(
         .where(
             tuple_(jobs_table.c.id, jobs_table.c.task_id).in_(list(attempts))
             & jobs_table.c.finished.is_(None)
-            & jobs_table.c.started.isnot(None)
         )
-        .values(heartbeat=now)
+        .values(heartbeat=now, started=func.coalesce(jobs_table.c.started, now))
         .returning(jobs_table.c.id)
     ).scalars()
     return set(alive)
@@ -160,7 +164,6 @@ def finish_job(
         "removable_at": remove_at,
     }
     if is_postgresql(connection):
-        params["outcome"] = json_dumps(result)
         return bool(_FINISH_ON_DRIVER.execute(connection, params).rowcount == 1)
     return connection.execute(_FINISH, params).rowcount == 1
 

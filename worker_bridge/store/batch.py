@@ -26,7 +26,7 @@ _NEXT_IDS = text(
 _LOCK_PAIRS = text(
     """
     SELECT pg_advisory_xact_lock(:lock_class, k.bucket)
-    FROM (SELECT DISTINCT (hashtext(type) # user_id) & :lock_mask AS bucket
+    FROM (SELECT DISTINCT (hashtext(type) # hashint4(user_id)) & :lock_mask AS bucket
           FROM jsonb_to_recordset(CAST(:keys AS jsonb)) AS x(type text, user_id int)) AS k
     ORDER BY k.bucket
     """

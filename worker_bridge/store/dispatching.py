@@ -178,7 +178,7 @@ _RECOVER_LOST = text(
                          OR coalesce(w.heartbeat, w.started) < :heartbeat_before))
               )
               AND (w.started IS NULL OR pg_try_advisory_xact_lock(
-                       :lock_class, (hashtext(w.type) # w.user_id) & :lock_mask))
+                       :lock_class, (hashtext(w.type) # hashint4(w.user_id)) & :lock_mask))
             LIMIT :limit
             FOR UPDATE OF w SKIP LOCKED
         ), reset AS (

@@ -15,7 +15,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from worker_bridge.db import json_dumps
 from worker_bridge.errors import PendingJobConflictError
 from worker_bridge.models import JSONType, NewJob, UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
@@ -50,7 +49,7 @@ _SUPERSEDE_AND_INSERT = (
         WITH pair_lock AS MATERIALIZED (
             SELECT true AS held FROM (
                 SELECT pg_advisory_xact_lock(
-                    :lock_class, (hashtext(:type) # :user_id) & :lock_mask)) AS l
+                    :lock_class, (hashtext(:type) # hashint4(:user_id)) & :lock_mask)) AS l
         ), new_job AS (
             SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) AS id FROM pair_lock
         ), cancelled AS (
@@ -92,7 +91,7 @@ _SUPERSEDE_AND_INSERT = (
     .columns(*all_columns)
 )
 # schedule_job's one statement; see DriverStatement for why on the driver.
-_SUPERSEDE_AND_INSERT_ON_DRIVER = DriverStatement(_SUPERSEDE_AND_INSERT)
+_SUPERSEDE_AND_INSERT_ON_DRIVER = DriverStatement(_SUPERSEDE_AND_INSERT, json=("data",))
 
 
 def supersede_and_insert(
@@ -119,7 +118,7 @@ def supersede_and_insert(
     if is_postgresql(connection):
         if serialize:
             lock_type_user(connection, job.type, job.user_id)
-        params = {**values, "data": json_dumps(job.data), "now": now, "stale_before": stale_before}
+        params = {**values, "now": now, "stale_before": stale_before}
         try:
             row = _SUPERSEDE_AND_INSERT_ON_DRIVER.execute(connection, params).fetchone()
         except IntegrityError as exc:
