@@ -173,3 +173,63 @@ def test_a_batch_of_tens_of_thousands_of_pairs_holds_a_bounded_number_of_locks(
             text("SELECT count(*) FROM worker_jobs WHERE type = 'echo' AND started IS NULL")
         ).scalar_one()
     assert pending == count
+
+
+def _same_bucket_user(engine: Engine, job_type: str, user_id: int) -> int:
+    """Another user whose (job_type, user) pair shares the bucket lock of (job_type, user_id)."""
+    with engine.connect() as connection:
+        other: int = connection.execute(
+            text(
+                "SELECT u FROM generate_series(1, 100000) AS u "
+                "WHERE u <> :user AND (hashtext(:type) # hashint4(u)) & 1023 "
+                "    = (hashtext(:type) # hashint4(:user)) & 1023 "
+                "LIMIT 1"
+            ),
+            {"type": job_type, "user": user_id},
+        ).scalar_one()
+    return other
+
+
+def _schedule_without_waiting(engine: Engine, user_id: int) -> str:
+    """Schedule (echo, user_id) in a transaction that gives up on any lock at once."""
+    with Session(engine) as session, session.begin():
+        session.execute(text("SET LOCAL lock_timeout = '200ms'"))
+        try:
+            schedule_job(WorkerJobConfig(type="echo", user_id=user_id), session=session)
+        except Exception as exc:  # the lock timeout, as SQLAlchemy raises it
+            return "waited" if "lock timeout" in str(exc) else repr(exc)
+    return "scheduled"
+
+
+def test_writers_of_pairs_that_share_a_bucket_do_not_wait_for_each_other(
+    bridge: BridgeApp, engine: Engine
+) -> None:
+    other = _same_bucket_user(engine, "echo", 1)
+    with Session(engine) as session, session.begin():
+        schedule_jobs([WorkerJobConfig(type="echo", user_id=1)], session=session)
+        # Held until this transaction ends: the same pair waits, a bucket neighbour does not.
+        assert _schedule_without_waiting(engine, other) == "scheduled"
+        assert _schedule_without_waiting(engine, 1) == "waited"
+
+
+def test_a_large_batch_holds_its_buckets_against_every_writer_until_it_commits(
+    bridge: BridgeApp, engine: Engine
+) -> None:
+    from worker_bridge.store._common import BATCH_PAIR_LOCKS_MAX
+
+    users = range(1, BATCH_PAIR_LOCKS_MAX + 2)
+    outside = _same_bucket_user(engine, "echo", 1)
+    while outside in users:
+        outside = _same_bucket_user(engine, "echo", outside)
+    with Session(engine) as session, session.begin():
+        schedule_jobs([WorkerJobConfig(type="echo", user_id=u) for u in users], session=session)
+        held = session.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid() AND mode = 'ExclusiveLock'"
+            )
+        ).scalar_one()
+        assert held <= 1024
+        assert _schedule_without_waiting(engine, 1) == "waited"
+        assert _schedule_without_waiting(engine, outside) == "waited"
+    assert _schedule_without_waiting(engine, outside) == "scheduled"
