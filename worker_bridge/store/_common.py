@@ -70,35 +70,26 @@ def cancellation_result(cancelled_by: int | None, reason: str) -> dict[str, Any]
 # started ones too", and under READ COMMITTED a second writer must see the
 # first one's row before it decides what to cancel.
 #
-# Two levels, so that a batch of any size holds a bounded number of locks (one
+# The lock is one of PAIR_LOCK_BUCKETS, picked by hashing the pair, not one
+# per pair: a batch then holds at most that many locks whatever its size (one
 # per pair exhausts PostgreSQL's shared lock table, max_locks_per_transaction,
-# beyond some ten thousand pairs) without making unrelated writers wait:
-#  - the pair's own lock, (hashtext(type), user_id), taken exclusively;
-#  - its bucket, one of PAIR_LOCK_BUCKETS picked by hashing the pair, taken
-#    shared by every writer of the pair, before the pair's lock.
-# A batch of more than BATCH_PAIR_LOCKS_MAX pairs takes its buckets
-# exclusively instead, and no pair lock: that excludes the writers of its
-# pairs (and of the pairs that share their buckets) until it commits. Every
-# statement takes buckets before pairs, each kind in sorted order, so the two
-# levels cannot deadlock each other.
+# beyond some ten thousand pairs). The price: writers of different pairs
+# that hash alike wait for each other. A lock lasts until its transaction
+# ends: one statement for schedule_job on its own, the caller's whole
+# transaction when given a session, so a large batch in a long transaction
+# holds up most other writers until it commits.
 PAIR_LOCK_BUCKETS = 1024
-#: First key of the bucket locks, kept apart from the pairs' and an application's.
+#: First key of worker_bridge's two-key advisory locks, kept apart from an application's.
 PAIR_LOCK_CLASS = 0x776A6273
-#: The keys every statement that takes a bucket binds: the bucket is
+#: The keys every statement that locks a pair binds: its second key is
 #: ``(hashtext(type) # hashint4(user_id)) & :lock_mask``, written the same in each.
 PAIR_LOCK_KEYS = {"lock_class": PAIR_LOCK_CLASS, "lock_mask": PAIR_LOCK_BUCKETS - 1}
-#: Above this many distinct pairs a batch locks buckets, not pairs (see above).
-BATCH_PAIR_LOCKS_MAX = 1024
 
 # A separate statement, because a statement's snapshot is taken before any
-# lock it acquires. The materialized CTE takes the bucket first.
+# lock it acquires.
 LOCK_PAIR = text(
-    """
-    WITH bucket AS MATERIALIZED (
-        SELECT pg_advisory_xact_lock_shared(
-            :lock_class, (hashtext(:type) # hashint4(:user_id)) & :lock_mask))
-    SELECT pg_advisory_xact_lock(hashtext(:type), :user_id) FROM bucket
-    """
+    "SELECT pg_advisory_xact_lock("
+    ":lock_class, (hashtext(:type) # hashint4(:user_id)) & :lock_mask)"
 ).bindparams(**PAIR_LOCK_KEYS)
 
 

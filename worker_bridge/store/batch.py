@@ -10,7 +10,6 @@ from sqlalchemy import Connection, bindparam, text
 from worker_bridge.db import json_dumps
 from worker_bridge.models import NewJob, UTCDateTime, WorkerJob
 from worker_bridge.store._common import (
-    BATCH_PAIR_LOCKS_MAX,
     PAIR_LOCK_KEYS,
     all_columns,
     is_postgresql,
@@ -22,19 +21,9 @@ _NEXT_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) FROM generate_series(1, :n)"
 )
 
-# Every writer of a (type, user_id) pair takes its locks (see _common): the
-# batch's buckets, shared, then its pairs; or, for a large batch, its buckets
-# exclusively. Each in one fixed order, so that overlapping batches cannot
-# deadlock.
-_LOCK_BUCKETS_SHARED = text(
-    """
-    SELECT pg_advisory_xact_lock_shared(:lock_class, k.bucket)
-    FROM (SELECT DISTINCT (hashtext(type) # hashint4(user_id)) & :lock_mask AS bucket
-          FROM jsonb_to_recordset(CAST(:keys AS jsonb)) AS x(type text, user_id int)) AS k
-    ORDER BY k.bucket
-    """
-).bindparams(**PAIR_LOCK_KEYS)
-_LOCK_BUCKETS_EXCLUSIVE = text(
+# Every writer of a (type, user_id) pair takes its lock (see _common); taking a
+# batch's locks in one fixed order keeps two overlapping batches from deadlocking.
+_LOCK_PAIRS = text(
     """
     SELECT pg_advisory_xact_lock(:lock_class, k.bucket)
     FROM (SELECT DISTINCT (hashtext(type) # hashint4(user_id)) & :lock_mask AS bucket
@@ -42,14 +31,6 @@ _LOCK_BUCKETS_EXCLUSIVE = text(
     ORDER BY k.bucket
     """
 ).bindparams(**PAIR_LOCK_KEYS)
-_LOCK_PAIRS = text(
-    """
-    SELECT pg_advisory_xact_lock(k.h, k.user_id)
-    FROM (SELECT DISTINCT hashtext(type) AS h, user_id
-          FROM jsonb_to_recordset(CAST(:keys AS jsonb)) AS x(type text, user_id int)) AS k
-    ORDER BY k.h, k.user_id
-    """
-)
 
 # One statement for the whole batch. Within the batch, each job but the last
 # of its pair is written already cancelled by the next one (what scheduling
@@ -127,11 +108,7 @@ def supersede_and_insert_many(
         ]
     pairs = sorted({(job.type, job.user_id) for job in jobs})
     keys = json_dumps([{"type": job_type, "user_id": user_id} for job_type, user_id in pairs])
-    if len(pairs) > BATCH_PAIR_LOCKS_MAX:
-        connection.execute(_LOCK_BUCKETS_EXCLUSIVE, {"keys": keys})
-    else:
-        connection.execute(_LOCK_BUCKETS_SHARED, {"keys": keys})
-        connection.execute(_LOCK_PAIRS, {"keys": keys})
+    connection.execute(_LOCK_PAIRS, {"keys": keys})
     # Ids drawn in order, and only once the pairs are ours: they fix which job
     # supersedes which, and a later writer of a pair always gets larger ids.
     ids = sorted(connection.execute(_NEXT_IDS, {"n": len(jobs)}).scalars())

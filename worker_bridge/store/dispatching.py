@@ -177,10 +177,8 @@ _RECOVER_LOST = text(
                     AND (w.started < :stale_before
                          OR coalesce(w.heartbeat, w.started) < :heartbeat_before))
               )
-              AND (w.started IS NULL
-                   OR (pg_try_advisory_xact_lock_shared(
-                           :lock_class, (hashtext(w.type) # hashint4(w.user_id)) & :lock_mask)
-                       AND pg_try_advisory_xact_lock(hashtext(w.type), w.user_id)))
+              AND (w.started IS NULL OR pg_try_advisory_xact_lock(
+                       :lock_class, (hashtext(w.type) # hashint4(w.user_id)) & :lock_mask))
             LIMIT :limit
             FOR UPDATE OF w SKIP LOCKED
         ), reset AS (

@@ -32,8 +32,7 @@ from worker_bridge.store._common import (
 _ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
 
 # Cancel the matching pending rows and insert the new one in one statement.
-#  - The statement takes the pair's locks itself (bucket, then pair: see
-#    _common), before it locks or inserts any
+#  - The statement takes the pair's lock itself, before it locks or inserts any
 #    row: the UPDATE's condition needs `pair_lock` (an InitPlan, run before the
 #    first row is locked) and the new id is drawn from it. So a writer that
 #    holds the lock (scheduling in the caller's transaction takes it in a
@@ -47,12 +46,10 @@ _ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
 _SUPERSEDE_AND_INSERT = (
     text(
         """
-        WITH bucket_lock AS MATERIALIZED (
-            SELECT pg_advisory_xact_lock_shared(
-                :lock_class, (hashtext(:type) # hashint4(:user_id)) & :lock_mask)
-        ), pair_lock AS MATERIALIZED (
+        WITH pair_lock AS MATERIALIZED (
             SELECT true AS held FROM (
-                SELECT pg_advisory_xact_lock(hashtext(:type), :user_id) FROM bucket_lock) AS l
+                SELECT pg_advisory_xact_lock(
+                    :lock_class, (hashtext(:type) # hashint4(:user_id)) & :lock_mask)) AS l
         ), new_job AS (
             SELECT nextval(pg_get_serial_sequence('worker_jobs', 'id')) AS id FROM pair_lock
         ), cancelled AS (
