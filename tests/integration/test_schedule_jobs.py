@@ -173,3 +173,25 @@ def test_a_batch_of_tens_of_thousands_of_pairs_holds_a_bounded_number_of_locks(
             text("SELECT count(*) FROM worker_jobs WHERE type = 'echo' AND started IS NULL")
         ).scalar_one()
     assert pending == count
+
+
+def test_many_batches_in_one_transaction_hold_a_bounded_number_of_locks(
+    bridge: BridgeApp, engine: Engine
+) -> None:
+    """Locks last until the transaction ends, so batches in one transaction add
+    up: 25 batches of 1,000 distinct pairs must still fit in the lock table."""
+    from worker_bridge.store._common import PAIR_LOCK_BUCKETS
+
+    with Session(engine) as session, session.begin():
+        for start in range(0, 25_000, 1_000):
+            schedule_jobs(
+                [WorkerJobConfig(type="echo", user_id=u) for u in range(start, start + 1_000)],
+                session=session,
+            )
+        held = session.execute(
+            text(
+                "SELECT count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert 0 < held <= PAIR_LOCK_BUCKETS
