@@ -256,3 +256,18 @@ def test_importing_worker_bridge_leaves_the_application_s_mappers_alone() -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Order"
+
+
+def test_engine_options_may_name_an_isolation_level(bridge: BridgeApp) -> None:
+    """The autocommit engine is built with the engine options; its own
+    isolation level must win over theirs, not clash with it."""
+    custom = BridgeApp.from_settings(bridge.settings, isolation_level="REPEATABLE READ")
+    try:
+        with custom.engine.connect() as connection:
+            level = connection.exec_driver_sql("SHOW transaction_isolation").scalar()
+        assert level == "repeatable read"
+        assert custom.autocommit.pool is not custom.engine.pool
+        with custom.autocommit.connect() as connection:
+            assert connection.connection.driver_connection.autocommit is True
+    finally:
+        custom.dispose()
