@@ -138,7 +138,6 @@ def test_a_lost_connection_surfaces_as_sqlalchemy_does_it_and_is_invalidated(
     invalidated, which is what the worker's retry looks for, and the pool's
     other connections, gone with the server, must not be handed out again."""
     job = _dispatched(job_factory)
-    pids = []
     with bridge.autocommit.connect() as idle, bridge.autocommit.connect() as connection:
         pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in (idle, connection)]
     with bridge.autocommit.connect() as connection:

@@ -148,6 +148,17 @@ def test_concurrent_overlapping_batches_leave_one_pending_job_per_pair(
     _check_one_pending_per_key(all_jobs(), writers * rounds * 20)
 
 
+def _advisory_locks_held(session: Session) -> int:
+    """How many advisory locks the session's transaction holds right now."""
+    held: int = session.execute(
+        text(
+            "SELECT count(*) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+    ).scalar_one()
+    return held
+
+
 def test_a_batch_of_tens_of_thousands_of_pairs_holds_a_bounded_number_of_locks(
     bridge: BridgeApp, engine: Engine
 ) -> None:
@@ -160,12 +171,7 @@ def test_a_batch_of_tens_of_thousands_of_pairs_holds_a_bounded_number_of_locks(
     configs = [WorkerJobConfig(type="echo", user_id=i) for i in range(count)]
     with Session(engine) as session, session.begin():
         jobs = schedule_jobs(configs, session=session)
-        held = session.execute(
-            text(
-                "SELECT count(*) FROM pg_locks "
-                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-            )
-        ).scalar_one()
+        held = _advisory_locks_held(session)
     assert 0 < held <= PAIR_LOCK_BUCKETS
     assert len(jobs) == count
     with engine.connect() as connection:
@@ -188,10 +194,5 @@ def test_many_batches_in_one_transaction_hold_a_bounded_number_of_locks(
                 [WorkerJobConfig(type="echo", user_id=u) for u in range(start, start + 1_000)],
                 session=session,
             )
-        held = session.execute(
-            text(
-                "SELECT count(*) FROM pg_locks "
-                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-            )
-        ).scalar_one()
+        held = _advisory_locks_held(session)
     assert 0 < held <= PAIR_LOCK_BUCKETS

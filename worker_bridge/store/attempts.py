@@ -163,9 +163,8 @@ def finish_job(
         "outcome": result,
         "removable_at": remove_at,
     }
-    if is_postgresql(connection):
-        return bool(_FINISH_ON_DRIVER.execute(connection, params).rowcount == 1)
-    return connection.execute(_FINISH, params).rowcount == 1
+    # Off psycopg, DriverStatement runs _FINISH through SQLAlchemy.
+    return bool(_FINISH_ON_DRIVER.execute(connection, params).rowcount == 1)
 
 
 def describe_refusal(connection: Connection, job_id: int, token: str) -> str:

@@ -80,13 +80,11 @@ _SUPERSEDE_AND_INSERT = (
         """
     )
     .bindparams(
-        **PAIR_LOCK_KEYS,
-    )
-    .bindparams(
         bindparam("data", type_=JSONType),
         bindparam("due", type_=UTCDateTime),
         bindparam("now", type_=UTCDateTime),
         bindparam("stale_before", type_=UTCDateTime),
+        **PAIR_LOCK_KEYS,
     )
     .columns(*all_columns)
 )
