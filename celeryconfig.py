@@ -1,62 +1,67 @@
-"""Celery and worker_bridge settings.
+"""Celery and worker_bridge settings: this project's config module.
 
 Connection strings come from the environment: CELERY_BROKER_URL (the broker),
 WORKER_BRIDGE_DATABASE_URL (the database holding worker_jobs) and
-WORKER_BRIDGE_JOBS (the package of job modules). Durations are in seconds.
+WORKER_BRIDGE_JOBS (the package of job modules).
+
+Every setting below is commented out at its default: the defaults are declared
+once, in worker_bridge (``worker_bridge.settings.Settings`` for the
+``worker_bridge_*`` keys, ``worker_bridge.celery_app.CELERY_DEFAULTS`` for
+Celery's), and apply to every key this module leaves unset. Set a key here (or
+in your own CELERY_CONFIG_MODULE) and it wins. Durations are in seconds.
 """
 
-import os
-
+# --- where -----------------------------------------------------------------------
 # Without CELERY_BROKER_URL: kombu's SQLAlchemy transport on a local SQLite file
 # (the embedded default, one machine). Production: redis://host:6379/0.
-broker_url = os.environ.get("CELERY_BROKER_URL", "sqla+sqlite:///worker_bridge-broker.sqlite3")
+# broker_url = "sqla+sqlite:///worker_bridge-broker.sqlite3"
 # Zone in which cron expressions are evaluated (and Celery's own clock).
-timezone = "UTC"
-enable_utc = True
+# timezone = "UTC"
 
 # --- worker_bridge ---------------------------------------------------------------
 # A started, unfinished job older than this counts as pending again (the seed's hour).
-worker_bridge_stale_after = 3600
+# worker_bridge_stale_after = 3600
 # How long failed and cancelled rows are kept before remove_old_worker_jobs deletes them.
-worker_bridge_failed_retention = 7 * 24 * 3600
+# worker_bridge_failed_retention = 7 * 24 * 3600
 # How often a worker refreshes the heartbeat of a running job.
-worker_bridge_heartbeat_interval = 5
+# worker_bridge_heartbeat_interval = 5
 # A running job whose heartbeat is older than this is run again (its worker died).
-worker_bridge_heartbeat_timeout = 60
+# worker_bridge_heartbeat_timeout = 60
 # A dispatched job that no worker started within this long is sent again (lost message).
-worker_bridge_redispatch_after = 60
+# worker_bridge_redispatch_after = 60
 # Most rows the dispatcher moves to the broker in one transaction.
-worker_bridge_dispatch_batch_size = 500
+# worker_bridge_dispatch_batch_size = 500
 # Longest the dispatcher sleeps when nothing is due sooner.
-worker_bridge_max_interval = 5
+# worker_bridge_max_interval = 5
 # Most jobs sent to the broker and not yet started at once; a larger backlog waits
 # in the table, so the broker never holds more than this (nor Redis's memory).
-worker_bridge_max_in_flight = 5000
+# worker_bridge_max_in_flight = 5000
 # Largest job data accepted by schedule_job, in bytes of JSON.
-worker_bridge_max_data_bytes = 1024 * 1024
+# worker_bridge_max_data_bytes = 1024 * 1024
 # Largest run() result stored, in bytes of JSON; a larger one fails the job.
-worker_bridge_max_result_bytes = 1024 * 1024
+# worker_bridge_max_result_bytes = 1024 * 1024
 
-# --- Celery, as the bridge needs it (worker_bridge sets these as defaults too) -----
-# JSON only: a pickled message is refused.
-accept_content = ["json"]
-task_serializer = "json"
-result_serializer = "json"
-event_serializer = "json"
-# At-least-once delivery; the table's atomic claim makes a redelivered message harmless.
-task_acks_late = True
-task_reject_on_worker_lost = True
+# --- Celery, as the bridge needs it ------------------------------------------------
+# JSON only: a pickled message is refused. Anything but JSON here is refused at start.
+# accept_content = ["json"]
+# task_serializer = "json"
+# result_serializer = "json"
+# event_serializer = "json"
+# At-least-once delivery; the table's atomic claim makes a redelivered message
+# harmless. task_acks_late = False is refused at start.
+# task_acks_late = True
+# task_reject_on_worker_lost = True
 # One message per free pool process, so a long job never holds short ones in its prefetch.
-worker_prefetch_multiplier = 1
+# worker_prefetch_multiplier = 1
 # Results are written to worker_jobs.result; no result backend is needed.
-task_ignore_result = True
+# task_ignore_result = True
 # Task events for Flower and `celery events`.
-worker_send_task_events = True
-task_send_sent_event = True
+# worker_send_task_events = True
+# task_send_sent_event = True
 # `celery -A worker_bridge beat` (or `worker -B`) runs the dispatcher.
-beat_scheduler = "worker_bridge.dispatcher:DispatcherScheduler"
-broker_connection_retry_on_startup = True
+# beat_scheduler = "worker_bridge.dispatcher:DispatcherScheduler"
+# broker_connection_retry_on_startup = True
 # Hard and soft time limits of one job, in seconds. Keep the hard limit below
 # worker_bridge_stale_after, or a job still running would be started again.
-task_time_limit = 3300
-task_soft_time_limit = 3240
+# task_time_limit = 3300
+# task_soft_time_limit = 3240
