@@ -3,6 +3,8 @@ with its embedded dispatcher, and prints the table as the jobs run.
 
 On the embedded default it needs no server; with WORKER_BRIDGE_DATABASE_URL and
 CELERY_BROKER_URL set it runs against those instead.
+
+Of the ``worker_bridge.cli`` package it uses only :mod:`worker_bridge.cli.formatting`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import timedelta
 
 from worker_bridge import store
 from worker_bridge.bootstrap import get_bridge
-from worker_bridge.cli import SUMMARY_HEADERS, format_table, summary_row
+from worker_bridge.cli.formatting import SUMMARY_HEADERS, format_table, summary_row
 from worker_bridge.db import safe_url
 from worker_bridge.scheduling import WorkerJobConfig, schedule_cron_job, schedule_job
 
@@ -82,7 +84,8 @@ def run_demo(seconds: float, every: float = 5.0) -> int:
     deadline = time.monotonic() + seconds if seconds > 0 else None
     try:
         while worker.poll() is None and (deadline is None or time.monotonic() < deadline):
-            time.sleep(every if deadline is None else min(every, deadline - time.monotonic()))
+            left = every if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(every, left)))
             print_jobs()
     except KeyboardInterrupt:
         pass
