@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from worker_bridge.bootstrap import BridgeApp, set_bridge
+from worker_bridge.bridge import BridgeApp, set_bridge
 from worker_bridge.migrations import upgrade_database
 from worker_bridge.settings import Settings
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from bench.infra import BenchDatabase, BenchError, BenchRedis, Processes, wait_for
 from bench.report import Line, percentile
 from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job
-from worker_bridge.store._common import jobs_table
+from worker_bridge.store.schema import jobs_table
 
 if TYPE_CHECKING:
     from celery import Celery

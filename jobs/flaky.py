@@ -23,13 +23,11 @@ def run(params: JobParams) -> dict[str, Any]:
 
 def _depth(params: JobParams) -> int:
     """How many earlier rows this retry chain has (read through the lineage)."""
-    from worker_bridge import store
-
     depth = 0
     job_id = params.job.rescheduled_from_job
     with params.app.engine.connect() as connection:
         while job_id is not None and depth < 100:
-            earlier = store.get_job(connection, job_id)
+            earlier = params.app.store.get_job(connection, job_id)
             if earlier is None:
                 break
             depth += 1

@@ -18,11 +18,12 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from worker_bridge import store
-from worker_bridge.bootstrap import BridgeApp, set_bridge
+from worker_bridge.bridge import BridgeApp, set_bridge
+from worker_bridge.job import Job
 from worker_bridge.migrations import upgrade_database
 from worker_bridge.models import WorkerJob
 from worker_bridge.settings import Settings
+from worker_bridge.store import store_for
 
 ADMIN_URL = os.environ.get(
     "WORKER_BRIDGE_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -105,7 +106,7 @@ def job_factory(engine: Engine) -> Callable[..., WorkerJob]:
             row = connection.execute(
                 table.insert().values(**values).returning(*table.columns)
             ).one()
-        return store.job_from_row(row)
+        return Job.from_row(row)
 
     return make
 
@@ -116,7 +117,7 @@ def fetch(engine: Engine) -> Callable[[int], WorkerJob]:
 
     def get(job_id: int) -> WorkerJob:
         with engine.connect() as connection:
-            job = store.get_job(connection, job_id)
+            job = store_for(connection).get_job(connection, job_id)
         assert job is not None, f"job {job_id} is gone"
         return job
 
@@ -130,7 +131,7 @@ def all_jobs(engine: Engine) -> Callable[[], list[WorkerJob]]:
             rows = connection.execute(
                 WorkerJob.__table__.select().order_by(WorkerJob.__table__.c.id)
             )
-            return [store.job_from_row(row) for row in rows]
+            return [Job.from_row(row) for row in rows]
 
     return read
 

@@ -1,13 +1,18 @@
-"""The Celery app, configured from ``celeryconfig`` (or $CELERY_CONFIG_MODULE).
+"""The Celery app: configured from ``celeryconfig`` (or $CELERY_CONFIG_MODULE), carrying the bridge.
 
-What the bridge relies on is set here as defaults, so that a configuration
-module of the application's own keeps the guarantees unless it overrides them
-on purpose; ``celeryconfig.py`` repeats them with comments.
+This is the one wiring point. :func:`create_celery_app` builds a
+:class:`BridgeCelery` with one task per job type; the app carries its
+process's bridge (``app.bridge``) and worker state (``app.worker_process``),
+which tasks reach as ``task.app.bridge`` and the dispatcher as
+``scheduler.app.bridge``. What the bridge relies on fills in the keys the
+config module leaves unset (:data:`CELERY_DEFAULTS`); ``celeryconfig.py``
+documents them. ``celery -A worker_bridge`` finds :func:`default_app` through
+the package's lazy ``app`` attribute.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import logging
 import os
 import time
@@ -16,10 +21,12 @@ from typing import Any
 
 from celery import Celery, signals
 
+from worker_bridge.bridge import BridgeApp, ProcessBridge, build_bridge, install_default
 from worker_bridge.errors import ConfigurationError
 from worker_bridge.loader import JobRegistry
-from worker_bridge.settings import Settings
+from worker_bridge.settings import Settings, config_module_name, read_config_module
 from worker_bridge.tasks import register_job_tasks
+from worker_bridge.worker_process import WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -81,33 +88,53 @@ def refuse_unworkable(config: Mapping[str, Any]) -> None:
         )
 
 
-def _config_values(source: str | object) -> dict[str, Any]:
-    # What the config module (or object) itself sets, read the way Celery's
-    # loader reads it: its public attributes.
-    if isinstance(source, str):
-        try:
-            source = importlib.import_module(source)
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"the Celery config module {source!r} (CELERY_CONFIG_MODULE) cannot be "
-                f"imported: {exc}"
-            ) from exc
-    if isinstance(source, Mapping):
-        return dict(source)
-    return {key: getattr(source, key) for key in dir(source) if not key.startswith("_")}
+class BridgeCelery(Celery):  # type: ignore[misc]
+    """A Celery app that carries its bridge and its worker state, one per process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bridges = ProcessBridge()
+        self._worker_process: tuple[int, WorkerProcess] | None = None
+        self._in_pool_process = False
+
+    @property
+    def bridge(self) -> BridgeApp:
+        """This process's bridge, built from the app's conf on first use.
+
+        It becomes the process default (``get_bridge()``) too, unless the
+        process already has one, so that job code scheduling jobs without
+        naming a bridge uses the worker's own engine.
+        """
+        bridge = self._bridges.get(lambda: build_bridge(Settings.from_conf(self.conf), self))
+        install_default(bridge)
+        return bridge
+
+    @property
+    def worker_process(self) -> WorkerProcess:
+        """This process's worker state, created on first use (or at pool-process start)."""
+        current = self._worker_process
+        if current is None or current[0] != os.getpid():
+            state = WorkerProcess(self.bridge, one_task_at_a_time=self._in_pool_process)
+            self._worker_process = current = (os.getpid(), state)
+        return current[1]
+
+    def on_pool_process_start(self, **_: Any) -> None:
+        """``worker_process_init``: a prefork pool process, which runs one task at a time."""
+        self._in_pool_process = True
+        self._worker_process = None
 
 
-def create_celery_app(config_module: str | None = None) -> Celery:
+def create_celery_app(config_module: str | None = None) -> BridgeCelery:
     """Build the Celery app worker_bridge runs on, with one task per job type.
 
     The config module (``config_module``, else $CELERY_CONFIG_MODULE, else
     ``celeryconfig``) wins over the bridge's defaults: these fill in only the
     keys it leaves unset.
     """
-    source = config_module or os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig")
-    user = _config_values(source)
+    source = config_module or config_module_name()
+    user = read_config_module(source)
     refuse_unworkable(user)
-    celery = Celery("worker_bridge")
+    celery = BridgeCelery("worker_bridge")
     celery.config_from_object(source)
     celery.add_defaults({key: value for key, value in CELERY_DEFAULTS.items() if key not in user})
     if str(celery.conf.broker_url or "").startswith("sqla+sqlite") and not (
@@ -126,17 +153,34 @@ def create_celery_app(config_module: str | None = None) -> Celery:
     except ConfigurationError as exc:
         # Application code that only schedules jobs may not have the package.
         logger.warning("no job tasks registered: %s", exc)
+    signals.worker_process_init.connect(celery.on_pool_process_start, weak=False)
+    for started in (signals.celeryd_init, signals.beat_init):
+        started.connect(functools.partial(declare_embedded_queue, celery), weak=False)
     return celery
 
 
-def declare_embedded_queue(sender: Any = None, **_: Any) -> None:
+_default_app: BridgeCelery | None = None
+
+
+def default_app() -> BridgeCelery:
+    """The process's Celery app, built on first use (``celery -A worker_bridge``)."""
+    global _default_app
+    if _default_app is None:
+        _default_app = create_celery_app()
+    return _default_app
+
+
+def declare_embedded_queue(app: Celery, sender: Any = None, **kwargs: Any) -> None:
     """Create the default queue of kombu's SQLAlchemy transport once, up front.
 
     The transport creates a queue's row on first use without guarding against
     a concurrent creator, so a worker and a dispatcher starting together can
     crash on a unique violation. Declaring here, where the loser of that race
-    simply finds the row on a retry, spares them.
+    simply finds the row on a retry, spares them. Runs for the app whose
+    worker or beat is starting (``sender``), not for every app of the process.
     """
+    if not _is_starting(app, kwargs.get("instance") or sender):
+        return
     if not str(app.conf.broker_url or "").startswith("sqla+"):
         return
     for attempt in range(5):
@@ -154,6 +198,11 @@ def declare_embedded_queue(sender: Any = None, **_: Any) -> None:
     _forget_kombu_engines()
 
 
+def _is_starting(app: Celery, service: object) -> bool:
+    # A worker (celeryd_init's instance) or a beat service (beat_init's sender) of ``app``.
+    return getattr(service, "app", None) is app
+
+
 def _forget_kombu_engines() -> None:
     from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
@@ -162,8 +211,3 @@ def _forget_kombu_engines() -> None:
         for engine, _session in list(engines.values()):
             engine.dispose()
         engines.clear()
-
-
-app = create_celery_app()
-signals.celeryd_init.connect(declare_embedded_queue, weak=False)
-signals.beat_init.connect(declare_embedded_queue, weak=False)

@@ -18,31 +18,25 @@ everything it marked. So a crash can neither lose a job nor run it twice.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery import beat
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
-from worker_bridge import store
-from worker_bridge.bootstrap import BridgeApp, get_bridge
-from worker_bridge.cron import next_fire
-from worker_bridge.models import NewJob, WorkerJob
-from worker_bridge.store import Recovery
+from worker_bridge.attempt import Clock, utcnow
+from worker_bridge.bridge import BridgeApp
+from worker_bridge.job import Job
+from worker_bridge.maintenance import REMOVAL_JOB, JobRecovery, JobRemoval
+from worker_bridge.store import Recovered
 from worker_bridge.tasks import task_name
-from worker_bridge.wakeup import Waiter, waiter_for
+from worker_bridge.wakeup import Waiter
 
 if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger(__name__)
-
-REMOVAL_JOB = "remove_old_worker_jobs"
-REMOVAL_CRON = "* * * * *"
-#: Retry delay of the removal job after a failure, in ms.
-REMOVAL_RETRY_DELAY_MS = 60_000
 #: Wait when due rows exist that another dispatcher holds right now.
 BUSY_WAIT = 0.05
 #: Wait when max_in_flight rows are already in the broker.
@@ -53,9 +47,9 @@ THROTTLED_WAIT = 0.05
 class DispatchReport:
     """What one pass did."""
 
-    sent: list[WorkerJob] = field(default_factory=list)
-    failed: list[WorkerJob] = field(default_factory=list)
-    recovered: list[Recovery] = field(default_factory=list)
+    sent: list[Job] = field(default_factory=list)
+    failed: list[Job] = field(default_factory=list)
+    recovered: list[Recovered] = field(default_factory=list)
     #: The earliest due time still waiting, after the pass.
     next_due: datetime | None = None
     #: Whether the last batch was full (more may be due right now).
@@ -103,26 +97,37 @@ class SentEventBatch:
 
 
 class Dispatcher:
-    """Sends due jobs to Celery and recovers the ones whose attempt was lost."""
+    """Sends due jobs to Celery, and runs recovery between passes.
 
-    def __init__(self, bridge: BridgeApp, celery: Celery, waiter: Waiter | None = None) -> None:
+    ``clock`` gives "now" to :meth:`tick`-driven passes; tests call
+    :meth:`run_once` with a pinned ``now`` instead.
+    """
+
+    def __init__(
+        self,
+        bridge: BridgeApp,
+        celery: Celery,
+        waiter: Waiter | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
         self.bridge = bridge
         self.celery = celery
-        self.waiter = waiter if waiter is not None else waiter_for(bridge.engine)
-        settings = bridge.settings
-        shortest = min(settings.heartbeat_timeout, settings.redispatch_after).total_seconds()
-        #: Seconds between two recovery scans.
-        self.recovery_interval = min(max(shortest / 4, 0.2), 15.0)
-        self._next_recovery = 0.0
+        self.clock = clock
+        self.waiter = waiter if waiter is not None else bridge.store.waiter(bridge.engine)
+        #: The recovery service, run from the dispatcher's passes.
+        self.recovery = JobRecovery(bridge, self.broker_backlog)
+        #: The removal service, whose cron job the dispatcher keeps alive.
+        self.removal = JobRemoval(bridge)
+        self._next_recovery: datetime | None = None
 
-    def run_once(self, now: datetime | None = None) -> DispatchReport:
-        """One pass: recover lost attempts (when due), send every due row, find the next due."""
+    def run_once(self, now: datetime) -> DispatchReport:
+        """One pass at ``now``: recover lost attempts (when due), send every due row."""
         report = DispatchReport()
-        now = now or datetime.now(UTC)
-        if time.monotonic() >= self._next_recovery:
-            report.recovered = self.recover(now)
-            self._next_recovery = time.monotonic() + self.recovery_interval
+        if self._next_recovery is None or now >= self._next_recovery:
+            report.recovered = self.recovery.run_once(now)
+            self._next_recovery = now + timedelta(seconds=self.recovery.interval)
         settings = self.bridge.settings
+        store = self.bridge.store
         with self.bridge.engine.connect() as connection:
             room = settings.max_in_flight - store.count_in_flight(connection)
         while room > 0:
@@ -134,15 +139,15 @@ class Dispatcher:
             report.saturated = len(sent) + len(failed) >= limit
             if not report.saturated:
                 break
-            now = datetime.now(UTC)
         report.throttled = room <= 0
         with self.bridge.engine.connect() as connection:
             report.next_due = store.next_due(connection)
         return report
 
-    def dispatch_batch(self, now: datetime, limit: int) -> tuple[list[WorkerJob], list[WorkerJob]]:
+    def dispatch_batch(self, now: datetime, limit: int) -> tuple[list[Job], list[Job]]:
         """Claim, publish and commit one batch; return (sent, failed as unsendable)."""
         registry = self.bridge.jobs
+        store = self.bridge.store
         with self.bridge.engine.begin() as connection:
             jobs = store.claim_due_jobs(connection, now=now, limit=limit)
             if not jobs:
@@ -183,50 +188,6 @@ class Dispatcher:
             logger.debug("dispatched %d jobs", len(sendable))
         return sendable, unsendable
 
-    def recover(self, now: datetime) -> list[Recovery]:
-        """Put back to pending the rows whose attempt is presumed lost."""
-        settings = self.bridge.settings
-        # A dispatched row waits in the broker's queue while there is a
-        # backlog; only once the queue is empty can an old unstarted row's
-        # message be taken for lost.
-        backlog = self.broker_backlog()
-        redispatch_before = now - settings.redispatch_after if backlog == 0 else None
-        try:
-            with self.bridge.engine.begin() as connection:
-                recovered = store.recover_lost_jobs(
-                    connection,
-                    now=now,
-                    stale_before=now - settings.stale_after,
-                    heartbeat_before=now - settings.heartbeat_timeout,
-                    redispatch_before=redispatch_before,
-                )
-        except IntegrityError:
-            # A scheduler inserted a pending job for the same pair between our
-            # snapshot and our lock; that row is recovered on the next pass.
-            logger.info("recovery raced with a scheduler; retrying on the next pass")
-            return []
-        for item in recovered:
-            if item.cancelled_by is None:
-                logger.warning(
-                    "job %s (%s, user %s) recovered, will run again: %s",
-                    item.job_id,
-                    item.type,
-                    item.user_id,
-                    item.reason,
-                    extra={"job_id": item.job_id, "reason": item.reason},
-                )
-            else:
-                logger.warning(
-                    "job %s (%s, user %s) recovered (%s) and cancelled: job %s is already pending",
-                    item.job_id,
-                    item.type,
-                    item.user_id,
-                    item.reason,
-                    item.cancelled_by,
-                    extra={"job_id": item.job_id},
-                )
-        return recovered
-
     def broker_backlog(self) -> int | None:
         """Messages waiting in the job queues, or None if the broker cannot say."""
         conf = self.celery.conf
@@ -251,44 +212,20 @@ class Dispatcher:
             return None
 
     def seconds_until_next_pass(self, report: DispatchReport, now: datetime) -> float:
-        """How long to wait after ``report`` before the next pass."""
+        """How long to wait after ``report`` (of a pass at about ``now``) before the next pass."""
         if report.throttled:
             # No notification says that workers started jobs: look again soon.
             return THROTTLED_WAIT
         if report.saturated:
             return 0.0
         wait = self.bridge.settings.max_interval.total_seconds()
-        wait = min(wait, max(self._next_recovery - time.monotonic(), 0.0))
+        if self._next_recovery is not None:
+            wait = min(wait, max((self._next_recovery - now).total_seconds(), 0.0))
         if report.next_due is not None:
             until_due = (report.next_due - now).total_seconds()
             # Due rows left over are held by another dispatcher right now.
             wait = min(wait, until_due if until_due > 0 else BUSY_WAIT)
         return max(wait, 0.0)
-
-    def ensure_removal_job(self) -> WorkerJob | None:
-        """Make sure the removal cron job exists; leave a live one alone."""
-        if REMOVAL_JOB not in self.bridge.jobs.known_types():
-            logger.warning(
-                "the jobs package %r has no %s module: old rows will not be removed",
-                self.bridge.jobs.package,
-                REMOVAL_JOB,
-            )
-            return None
-        now = datetime.now(UTC)
-        job = NewJob(
-            type=REMOVAL_JOB,
-            user_id=0,
-            data={},
-            due=next_fire(REMOVAL_CRON, now, self.bridge.settings.timezone),
-            cron_schedule=REMOVAL_CRON,
-            auto_reschedule_on_failure=True,
-            auto_reschedule_on_failure_delay=REMOVAL_RETRY_DELAY_MS,
-        )
-        with self.bridge.engine.begin() as connection:
-            created = store.insert_unless_live(connection, job, now=now)
-        if created is not None:
-            logger.info("scheduled %s as job %s (every minute)", REMOVAL_JOB, created.id)
-        return created
 
     def close(self) -> None:
         """Release the waiter's connection."""
@@ -307,21 +244,15 @@ class DispatcherScheduler(beat.Scheduler):  # type: ignore[misc]
     _dispatcher: Dispatcher | None = None
 
     def setup_schedule(self) -> None:
-        bridge = get_bridge()
+        bridge: BridgeApp = self.app.bridge
         self._dispatcher = Dispatcher(bridge, self.app)
-        mode = (
-            "LISTEN/NOTIFY wake-ups, several dispatchers may run at once"
-            if bridge.engine.dialect.name == "postgresql"
-            else "polling every worker_bridge_max_interval; run ONE dispatcher only "
-            "(no SKIP LOCKED or LISTEN/NOTIFY on this database)"
-        )
         logger.info(
             "worker_bridge dispatcher started on %s: %s",
             bridge.engine.url.render_as_string(hide_password=True),
-            mode,
+            bridge.store.dispatch_mode,
         )
         try:
-            self._dispatcher.ensure_removal_job()
+            self._dispatcher.removal.ensure_job(self._dispatcher.clock())
         except DBAPIError:
             logger.exception("could not ensure the %s job; will retry at next start", REMOVAL_JOB)
 
@@ -335,8 +266,8 @@ class DispatcherScheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         dispatcher = self.dispatcher
         try:
-            report = dispatcher.run_once()
-            wait = dispatcher.seconds_until_next_pass(report, datetime.now(UTC))
+            report = dispatcher.run_once(dispatcher.clock())
+            wait = dispatcher.seconds_until_next_pass(report, dispatcher.clock())
         except DBAPIError as exc:
             logger.error(
                 "dispatcher pass failed, retrying: %s", str(exc.orig or exc).strip().splitlines()[0]

@@ -1,14 +1,14 @@
-"""The ``worker_jobs`` row, ``WorkerJob``, and its derived state.
+"""The ``worker_jobs`` table as an ORM mapping, ``WorkerJob``, and its state in SQL.
 
-The table stores timestamps, not a status: the state of a row is derived from
-them in exactly one place, :func:`job_state` (Python) and
-:func:`state_expression` (SQL), which must agree.
+The mapping defines the schema (migration 0001 mirrors it; a test compares
+them) and serves applications that query ``worker_jobs`` with the ORM.
+worker_bridge itself reads rows as immutable :class:`~worker_bridge.job.Job`
+values. A row's state is derived in one place: :func:`~worker_bridge.job.job_state`
+in Python and :func:`state_expression` here in SQL, which must agree.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
+
+from worker_bridge.job import CANCELLED_MARK, JobState, job_state
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -73,17 +75,6 @@ def _partial(where: str) -> dict[str, Any]:
 
 class Base(DeclarativeBase):
     """Declarative base of worker_bridge's tables."""
-
-
-class JobState(enum.StrEnum):
-    """Where a job is in its life, derived from the row's timestamps."""
-
-    PENDING = "pending"  #: waiting for its due time, or due and not yet sent
-    DISPATCHED = "dispatched"  #: sent to the broker, not yet started by a worker
-    RUNNING = "running"  #: claimed by a worker, not finished
-    SUCCEEDED = "succeeded"  #: run() returned
-    FAILED = "failed"  #: run() raised, timed out, or could not be run
-    CANCELLED = "cancelled"  #: superseded by a newer job, or cancelled by hand
 
 
 class WorkerJob(Base):
@@ -184,7 +175,7 @@ class WorkerJob(Base):
     #: Celery task id of the current dispatch. It is the attempt token: a worker's
     #: claim, heartbeat and finish only apply while it still matches.
     task_id: Mapped[str | None] = mapped_column(Text, default=None)
-    #: Hostname of the worker that claimed the current attempt.
+    #: ``hostname:pid`` of the worker process that claimed the current attempt.
     worker: Mapped[str | None] = mapped_column(Text, default=None)
     #: Last sign of life from the worker running the job.
     heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -212,45 +203,6 @@ class WorkerJob(Base):
             f"WorkerJob(id={self.id!r}, type={self.type!r}, user_id={self.user_id!r}, "
             f"due={self.due!r}, state={self.state.value!r})"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """A validated job about to be written: what the scheduling API and the
-    task wrapper's follow-ups hand to the store."""
-
-    type: str
-    user_id: int
-    data: dict[str, Any]
-    due: datetime
-    cron_schedule: str | None = None
-    auto_reschedule_on_failure: bool = False
-    #: Milliseconds.
-    auto_reschedule_on_failure_delay: int = 0
-    #: Milliseconds.
-    remove_delay: int = 0
-    rescheduled_from_job: int | None = None
-
-
-def is_cancellation(result: Any) -> bool:
-    """Whether a failed row's result records a cancellation."""
-    return isinstance(result, dict) and result.get(CANCELLED_MARK) is True
-
-
-CANCELLED_MARK = "cancelled"
-
-
-def job_state(job: WorkerJob) -> JobState:
-    """Derive a row's state; :func:`state_expression` is the same rule in SQL."""
-    if job.finished is not None:
-        if job.success:
-            return JobState.SUCCEEDED
-        return JobState.CANCELLED if is_cancellation(job.result) else JobState.FAILED
-    if job.started is not None:
-        return JobState.RUNNING
-    if job.dispatched_at is not None:
-        return JobState.DISPATCHED
-    return JobState.PENDING
 
 
 class _IsCancellation(FunctionElement[bool]):
@@ -283,3 +235,6 @@ def state_expression() -> ColumnElement[str]:
         (t.dispatched_at.isnot(None), JobState.DISPATCHED.value),
         else_=JobState.PENDING.value,
     )
+
+
+__all__ = ["Base", "JSONType", "JobState", "UTCDateTime", "WorkerJob", "state_expression"]

@@ -12,8 +12,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker_bridge.bootstrap import BridgeApp
-from worker_bridge.models import WorkerJob
+from worker_bridge.bridge import BridgeApp
+from worker_bridge.job import Job
 
 
 class JobLogger(logging.LoggerAdapter[logging.Logger]):
@@ -26,7 +26,7 @@ class JobLogger(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
-def job_logger(job: WorkerJob) -> JobLogger:
+def job_logger(job: Job) -> JobLogger:
     """The logger handed to ``run()`` for ``job``."""
     return JobLogger(
         logging.getLogger(f"worker_bridge.jobs.{job.type}"),
@@ -42,8 +42,10 @@ class JobParams:
     app: BridgeApp
     #: Logger whose records carry ``job_id``, ``job_type`` and ``user_id``.
     log: JobLogger
-    #: The job's own row, as claimed: ``job.data``, ``job.user_id``, ``job.id``...
-    job: WorkerJob
+    #: The job's own row as claimed, a frozen value (``job.data``, ``job.user_id``,
+    #: ``job.id``...); its ``data`` is run()'s own copy, so changing it changes
+    #: neither the table nor the job's retry or next cron row.
+    job: Job
 
     @property
     def data(self) -> dict[str, Any]:

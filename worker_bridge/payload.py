@@ -8,11 +8,15 @@ error instead of a failed transaction or data that comes back changed.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import sys
 from typing import Any
 
-from worker_bridge.db import json_dumps
+#: JSON as PostgreSQL accepts it: NaN and Infinity are not JSON, and compact
+#: separators keep large payloads smaller on the wire.
+json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
 
 _INT_DIGITS = sys.get_int_max_str_digits() or 4300
 _INT_LIMIT = 10**_INT_DIGITS

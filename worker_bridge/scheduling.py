@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from worker_bridge import store
-from worker_bridge.bootstrap import BridgeApp, get_bridge
+from worker_bridge.bridge import BridgeApp, get_bridge
 from worker_bridge.cron import next_fire, validate_cron
 from worker_bridge.errors import (
     InvalidDelayError,
@@ -28,7 +27,7 @@ from worker_bridge.errors import (
     InvalidUserIdError,
     PendingJobConflictError,
 )
-from worker_bridge.models import NewJob, WorkerJob
+from worker_bridge.job import Job, NewJob
 from worker_bridge.payload import json_problem, serialized_size
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class WorkerJobConfig:
 
 def schedule_job(
     config: WorkerJobConfig, *, session: SessionLike | None = None, bridge: BridgeApp | None = None
-) -> WorkerJob:
+) -> Job:
     """Schedule a one-off job, cancelling the pending job it supersedes.
 
     Without ``session`` the job is committed before the call returns; with it,
@@ -81,7 +80,7 @@ def schedule_cron_job(
     *,
     session: SessionLike | None = None,
     bridge: BridgeApp | None = None,
-) -> WorkerJob:
+) -> Job:
     """Schedule a recurring job on ``cron``; its first row is due at the next fire time.
 
     ``cron`` has 5 fields (minute precision) or 6 with seconds first
@@ -97,7 +96,7 @@ def schedule_jobs(
     *,
     session: SessionLike | None = None,
     bridge: BridgeApp | None = None,
-) -> list[WorkerJob]:
+) -> list[Job]:
     """Schedule many one-off jobs at once, as if by ``schedule_job`` in order.
 
     Every config is validated before anything is written; the first bad one
@@ -117,7 +116,7 @@ def schedule_jobs(
     return in_transaction(
         bridge,
         session,
-        lambda conn: store.supersede_and_insert_many(
+        lambda conn: bridge.store.supersede_and_insert_many(
             conn, new_jobs, now=now, stale_before=stale_before
         ),
     )
@@ -128,7 +127,7 @@ def _schedule(
     cron: str | None,
     session: SessionLike | None,
     bridge: BridgeApp | None,
-) -> WorkerJob:
+) -> Job:
     bridge = bridge or get_bridge()
     now = datetime.now(UTC)
     new_job = build_new_job(config, cron, now=now, bridge=bridge)
@@ -139,7 +138,7 @@ def _schedule(
         job = in_transaction(
             bridge,
             session,
-            lambda conn: store.supersede_and_insert(
+            lambda conn: bridge.store.supersede_and_insert(
                 conn, new_job, now=now, stale_before=stale_before
             ),
         )
@@ -160,7 +159,7 @@ _OPTIMISTIC_ATTEMPTS = 3
 
 def _insert_optimistically(
     bridge: BridgeApp, new_job: NewJob, *, now: datetime, stale_before: datetime
-) -> WorkerJob:
+) -> Job:
     # Our own transaction: one autocommit statement (cancel + insert) is
     # atomic, and the one-pending unique index catches a concurrent writer of
     # the same pair; retrying then cancels that writer's job, which is what
@@ -169,13 +168,15 @@ def _insert_optimistically(
     for _ in range(_OPTIMISTIC_ATTEMPTS):
         try:
             with bridge.autocommit.begin() as connection:
-                return store.supersede_and_insert(
+                return bridge.store.supersede_and_insert(
                     connection, new_job, now=now, stale_before=stale_before, serialize=False
                 )
         except PendingJobConflictError:
             continue
     with bridge.engine.begin() as connection:
-        return store.supersede_and_insert(connection, new_job, now=now, stale_before=stale_before)
+        return bridge.store.supersede_and_insert(
+            connection, new_job, now=now, stale_before=stale_before
+        )
 
 
 def in_transaction(

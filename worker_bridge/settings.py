@@ -9,6 +9,7 @@ field ``x`` is ``worker_bridge_x``, and ``celeryconfig.py`` documents them.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -26,9 +27,8 @@ DEFAULT_JOBS_PACKAGE = "jobs"
 CONF_PREFIX = "worker_bridge_"
 
 
-def _conf(default: Any, **kwargs: Any) -> Any:
-    # A field read from the conf key worker_bridge_<name>.
-    return field(default=default, metadata={"conf": True}, **kwargs)
+#: Marks a field read from the conf key ``worker_bridge_<name>``.
+_CONF = {"conf": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,25 +47,25 @@ class Settings:
     #: Zone in which cron expressions are evaluated (the Celery ``timezone``).
     timezone: str = "UTC"
     #: A started, unfinished job older than this counts as pending again.
-    stale_after: timedelta = _conf(timedelta(hours=1))
+    stale_after: timedelta = field(default=timedelta(hours=1), metadata=_CONF)
     #: How long failed and cancelled rows are kept before removal.
-    failed_retention: timedelta = _conf(timedelta(days=7))
+    failed_retention: timedelta = field(default=timedelta(days=7), metadata=_CONF)
     #: How often a worker refreshes the heartbeat of the jobs it runs.
-    heartbeat_interval: timedelta = _conf(timedelta(seconds=5))
+    heartbeat_interval: timedelta = field(default=timedelta(seconds=5), metadata=_CONF)
     #: A running job whose heartbeat is older than this is run again.
-    heartbeat_timeout: timedelta = _conf(timedelta(seconds=60))
+    heartbeat_timeout: timedelta = field(default=timedelta(seconds=60), metadata=_CONF)
     #: A dispatched job not started within this long is sent again.
-    redispatch_after: timedelta = _conf(timedelta(seconds=60))
+    redispatch_after: timedelta = field(default=timedelta(seconds=60), metadata=_CONF)
     #: Most rows the dispatcher moves to the broker in one transaction.
-    dispatch_batch_size: int = _conf(500)
+    dispatch_batch_size: int = field(default=500, metadata=_CONF)
     #: Longest the dispatcher sleeps when nothing is due sooner.
-    max_interval: timedelta = _conf(timedelta(seconds=5))
+    max_interval: timedelta = field(default=timedelta(seconds=5), metadata=_CONF)
     #: Most rows sent and not yet started at once; the backlog beyond waits in the table.
-    max_in_flight: int = _conf(5000)
+    max_in_flight: int = field(default=5000, metadata=_CONF)
     #: Largest serialized ``data`` accepted by the scheduling API, in bytes.
-    max_data_bytes: int = _conf(1024 * 1024)
+    max_data_bytes: int = field(default=1024 * 1024, metadata=_CONF)
     #: Largest serialized ``result`` stored; a larger one fails the job.
-    max_result_bytes: int = _conf(1024 * 1024)
+    max_result_bytes: int = field(default=1024 * 1024, metadata=_CONF)
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -85,6 +85,12 @@ class Settings:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigurationError(f"unknown timezone {self.timezone!r}") from exc
+
+    @classmethod
+    def from_config_module(cls, source: str | object | None = None) -> Settings:
+        """Read settings from a Celery config module (default: $CELERY_CONFIG_MODULE or
+        ``celeryconfig``) and the environment, without building a Celery app."""
+        return cls.from_conf(read_config_module(source))
 
     @classmethod
     def from_conf(
@@ -136,3 +142,29 @@ def _seconds(key: str, value: object) -> timedelta:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}")
     return timedelta(seconds=value)
+
+
+def config_module_name() -> str:
+    """The Celery config module this process uses: $CELERY_CONFIG_MODULE, else ``celeryconfig``."""
+    return os.environ.get("CELERY_CONFIG_MODULE") or "celeryconfig"
+
+
+def read_config_module(source: str | object | None = None) -> dict[str, Any]:
+    """What a Celery config module (or object, or mapping) itself sets.
+
+    Read the way Celery's loader reads one: its public attributes. ``None``
+    means :func:`config_module_name`.
+    """
+    if source is None:
+        source = config_module_name()
+    if isinstance(source, str):
+        try:
+            source = importlib.import_module(source)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the Celery config module {source!r} (CELERY_CONFIG_MODULE) cannot be "
+                f"imported: {exc}"
+            ) from exc
+    if isinstance(source, Mapping):
+        return dict(source)
+    return {key: getattr(source, key) for key in dir(source) if not key.startswith("_")}

@@ -1,5 +1,7 @@
 """How the dispatcher waits: LISTEN/NOTIFY on PostgreSQL, a plain sleep elsewhere.
 
+The store of each database picks one (``Store.waiter``).
+
 Inserting into ``worker_jobs`` fires ``NOTIFY worker_jobs`` (a trigger of the
 first migration), so a dispatcher waiting here wakes within milliseconds of a
 job being scheduled, instead of at its next poll.
@@ -88,10 +90,3 @@ class ListenWaiter:
                 self._connection.close()
             finally:
                 self._connection = None
-
-
-def waiter_for(engine: Engine) -> Waiter:
-    """The best way to wait on ``engine``'s database."""
-    if engine.dialect.name == "postgresql":
-        return ListenWaiter(engine)
-    return SleepWaiter()

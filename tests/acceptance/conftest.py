@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from tests.conftest import CLAIM_KEY as _CLAIM_KEY
 from tests.conftest import REDIS_HOST, TEST_JOBS
-from worker_bridge.bootstrap import BridgeApp, ensure_embedded_schema, set_bridge
+from worker_bridge.bridge import BridgeApp, set_bridge
 from worker_bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def bridge(backend: str, session_bridge: BridgeApp, tmp_path: Path) -> Iterator[
     else:
         url = f"sqlite:///{tmp_path / 'worker_bridge.sqlite3'}"
         bridge = BridgeApp.from_settings(Settings(database_url=url, jobs_package=TEST_JOBS))
-        ensure_embedded_schema(bridge.engine)
+        bridge.store.ensure_schema(bridge.engine)
     set_bridge(bridge)
     try:
         yield bridge

@@ -14,8 +14,10 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from tests.acceptance.conftest import Processes, wait_until
-from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job, store
+from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job
+from worker_bridge.job import Job
 from worker_bridge.models import JobState, WorkerJob
+from worker_bridge.store import store_for
 
 Fetch = Callable[[int], WorkerJob]
 
@@ -72,7 +74,7 @@ def test_failure_with_auto_retry_gives_a_lineage(
                     WorkerJob.__table__.c.rescheduled_from_job == job_id
                 )
             ).one_or_none()
-        return None if row is None else store.job_from_row(row)
+        return None if row is None else Job.from_row(row)
 
     retry = wait_until(lambda: retry_of(first.id), 30, "the retry row")
     failed = fetch(first.id)
@@ -104,7 +106,7 @@ def _chain(engine: Engine, job_type: str) -> list[WorkerJob]:
         rows = connection.execute(
             select(table).where(table.c.type == job_type).order_by(table.c.id)
         )
-        return [store.job_from_row(row) for row in rows]
+        return [Job.from_row(row) for row in rows]
 
 
 def test_six_field_cron_job_chains_its_runs(processes: Processes, engine: Engine) -> None:
@@ -164,7 +166,7 @@ def test_a_job_cancelled_after_dispatch_never_runs(
     job = schedule_job(WorkerJobConfig(type="record", user_id=1))
     wait_until(lambda: fetch(job.id).dispatched_at, 30, "the job to be dispatched")
     with engine.begin() as connection:
-        assert store.cancel_job(connection, job.id, now=datetime.now(UTC), reason="by the test")
+        assert store_for(connection).cancel_job(connection, job.id, now=datetime.now(UTC), reason="by the test")
     worker = processes.worker()
     marker = schedule_job(WorkerJobConfig(type="echo", user_id=1))
     wait_until(lambda: _finished(fetch, marker.id), 30, "a later job to run")

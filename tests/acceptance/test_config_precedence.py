@@ -39,11 +39,12 @@ from sqlalchemy import Engine, select
 
 from tests.acceptance.conftest import Processes, wait_until
 from tests.conftest import TEST_JOBS, utcnow
-from worker_bridge import WorkerJobConfig, schedule_cron_job, store
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge import WorkerJobConfig, schedule_cron_job
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.celery_app import create_celery_app
 from worker_bridge.cron import next_fire
 from worker_bridge.errors import ConfigurationError
+from worker_bridge.job import Job
 from worker_bridge.models import WorkerJob
 from worker_bridge.settings import Settings
 
@@ -53,7 +54,7 @@ PREFETCH_CONFIG = "tests.acceptance.celeryconfig_prefetch"
 PICKLE_CONFIG = "tests.acceptance.celeryconfig_pickle"
 NO_ACKS_LATE_CONFIG = "tests.acceptance.celeryconfig_no_acks_late"
 
-Job = Callable[..., WorkerJob]
+JobFactory = Callable[..., WorkerJob]
 
 
 @pytest.fixture
@@ -214,7 +215,7 @@ def _client_app(config_module: str, broker_url: str) -> Iterator[Celery]:
 
 @pytest.mark.e2e
 def test_a_worker_writes_follow_ups_on_its_config_modules_clock(
-    processes: Processes, job_factory: Job, engine: Engine
+    processes: Processes, job_factory: JobFactory, engine: Engine
 ) -> None:
     worker = processes.worker("ny", 2, env={"CELERY_CONFIG_MODULE": NEW_YORK_CONFIG})
     # Each row as the dispatcher would leave it: dispatched, carrying its message's task
@@ -242,7 +243,7 @@ def test_a_worker_writes_follow_ups_on_its_config_modules_clock(
     def everything_written() -> list[WorkerJob] | None:
         with engine.connect() as connection:
             found = [
-                store.job_from_row(r)
+                Job.from_row(r)
                 for r in connection.execute(select(table).order_by(table.c.id))
             ]
         done = [j for j in found if j.rescheduled_from_job is None and j.finished is not None]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from worker_bridge import store
 from worker_bridge.models import JobState
+from worker_bridge.store import JobSummary, store_for
 
 
 def test_the_demo_runs_the_examples_on_the_embedded_default(tmp_path: Path) -> None:
@@ -42,10 +42,10 @@ def test_the_demo_runs_the_examples_on_the_embedded_default(tmp_path: Path) -> N
     engine = create_engine(f"sqlite:///{tmp_path / 'worker_bridge.sqlite3'}")
     try:
         with engine.connect() as connection:
-            jobs = store.list_jobs(connection, limit=100)
+            jobs = store_for(connection).list_jobs(connection, limit=100)
     finally:
         engine.dispose()
-    by_type: dict[str, list[store.JobSummary]] = {}
+    by_type: dict[str, list[JobSummary]] = {}
     for job in jobs:
         by_type.setdefault(job.type, []).append(job)
     assert [j.status for j in by_type["hello"]] == [JobState.SUCCEEDED]

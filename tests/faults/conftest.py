@@ -30,8 +30,10 @@ from tests.acceptance.conftest import (  # noqa: F401 (fixtures)
     pytest_runtest_makereport,
     wait_until,
 )
-from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_jobs, store
+from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_jobs
+from worker_bridge.job import Job
 from worker_bridge.models import JobState, WorkerJob
+from worker_bridge.store import store_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -127,7 +129,7 @@ class Workload:
             rows = connection.execute(
                 select(table).where(table.c.type == "work").order_by(table.c.id)
             )
-            return [store.job_from_row(row) for row in rows]
+            return [Job.from_row(row) for row in rows]
 
     def snapshot(self) -> None:
         """Remember the results already written, to check that the fault kept them."""
@@ -138,7 +140,7 @@ class Workload:
     def job(self, job_id: int) -> WorkerJob:
         """One row, read now."""
         with self.engine.connect() as connection:
-            job = store.get_job(connection, job_id)
+            job = store_for(connection).get_job(connection, job_id)
         assert job is not None, f"job {job_id} is gone"
         return job
 

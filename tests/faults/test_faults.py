@@ -16,8 +16,9 @@ from sqlalchemy import Engine, delete
 from tests.acceptance.conftest import Processes, wait_until
 from tests.conftest import REDIS_HOST
 from tests.faults.conftest import Workload
-from worker_bridge import WorkerJobConfig, schedule_job, store
+from worker_bridge import WorkerJobConfig, schedule_job
 from worker_bridge.models import JobState, WorkerJob
+from worker_bridge.store import store_for
 
 SETTLE = 120
 
@@ -198,7 +199,7 @@ def test_duplicate_messages_and_messages_for_gone_rows(
     for raw in client.lrange("celery", 0, -1):  # every message delivered twice
         client.lpush("celery", raw)
     with checker.begin() as connection:
-        assert store.cancel_job(connection, cancelled.id, now=_now(), reason="by the test")
+        assert store_for(connection).cancel_job(connection, cancelled.id, now=_now(), reason="by the test")
         connection.execute(
             delete(WorkerJob.__table__).where(WorkerJob.__table__.c.id == deleted.id)
         )

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from worker_bridge import store
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.models import JobState, WorkerJob
-from worker_bridge.store.attempts import _CLAIM_ASYNC_COMMIT
+from worker_bridge.store import store_for
+from worker_bridge.store.postgresql import _CLAIM_ASYNC_COMMIT
 
 Fetch = Callable[[int], WorkerJob]
 
@@ -28,8 +28,8 @@ def test_the_claim_starts_only_the_current_unstarted_attempt(
     job = _dispatched(job_factory)
     now = datetime.now(UTC)
     with bridge.autocommit.begin() as connection:
-        assert store.claim_job(connection, job.id, "other", worker="w", now=now) is None
-        claimed = store.claim_job(connection, job.id, "t-1", worker="w:1", now=now)
+        assert store_for(connection).claim_job(connection, job.id, "other", worker="w", now=now) is None
+        claimed = store_for(connection).claim_job(connection, job.id, "t-1", worker="w:1", now=now)
         assert claimed is not None
         assert (claimed.id, claimed.started, claimed.worker, claimed.attempts) == (
             job.id,
@@ -38,13 +38,13 @@ def test_the_claim_starts_only_the_current_unstarted_attempt(
             1,
         )
         # A duplicate message finds the row running.
-        assert store.claim_job(connection, job.id, "t-1", worker="w:2", now=now) is None
+        assert store_for(connection).claim_job(connection, job.id, "t-1", worker="w:2", now=now) is None
     assert fetch(job.id).state is JobState.RUNNING
     finished = job_factory(
         dispatched_at=now, task_id="t-2", started=now, finished=now, success=False
     )
     with bridge.autocommit.begin() as connection:
-        assert store.claim_job(connection, finished.id, "t-2", worker="w", now=now) is None
+        assert store_for(connection).claim_job(connection, finished.id, "t-2", worker="w", now=now) is None
 
 
 def test_the_claim_commits_asynchronously_and_nothing_else_does(
@@ -58,11 +58,11 @@ def test_the_claim_commits_asynchronously_and_nothing_else_does(
     with bridge.engine.connect() as connection:
         with connection.begin():
             assert connection.execute(setting).scalar() == "on"
-            assert store.claim_job(connection, job.id, "t-1", worker="w", now=now) is not None
+            assert store_for(connection).claim_job(connection, job.id, "t-1", worker="w", now=now) is not None
             assert connection.execute(setting).scalar() == "off"
         with connection.begin():
             assert connection.execute(setting).scalar() == "on"
-            assert store.finish_job(
+            assert store_for(connection).finish_job(
                 connection, job.id, "t-1", now=now, success=True, result=1, remove_at=None
             )
             assert connection.execute(setting).scalar() == "on"
@@ -76,11 +76,11 @@ def test_the_finish_applies_only_to_the_running_attempt(
     with bridge.autocommit.begin() as connection:
         finish = {"now": now, "success": True, "result": {"n": 1}, "remove_at": None}
         # Not claimed yet: nothing to finish.
-        assert not store.finish_job(connection, job.id, "t-1", **finish)
-        assert store.claim_job(connection, job.id, "t-1", worker="w", now=now) is not None
-        assert not store.finish_job(connection, job.id, "stale-token", **finish)
-        assert store.finish_job(connection, job.id, "t-1", **finish)
-        assert not store.finish_job(connection, job.id, "t-1", **finish)
+        assert not store_for(connection).finish_job(connection, job.id, "t-1", **finish)
+        assert store_for(connection).claim_job(connection, job.id, "t-1", worker="w", now=now) is not None
+        assert not store_for(connection).finish_job(connection, job.id, "stale-token", **finish)
+        assert store_for(connection).finish_job(connection, job.id, "t-1", **finish)
+        assert not store_for(connection).finish_job(connection, job.id, "t-1", **finish)
     row = fetch(job.id)
     assert row.state is JobState.SUCCEEDED and row.result == {"n": 1}
     assert row.heartbeat is None
@@ -145,11 +145,11 @@ def test_a_lost_connection_surfaces_as_sqlalchemy_does_it_and_is_invalidated(
             for pid in pids:
                 killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         with pytest.raises(DBAPIError) as raised:
-            store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+            store_for(connection).claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
         assert raised.value.connection_invalidated and connection.invalidated
     # The pooled connection that was idle is not handed out again.
     with bridge.autocommit.connect() as connection:
-        claimed = store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+        claimed = store_for(connection).claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
         assert claimed is not None and claimed.id == job.id
 
 
@@ -166,7 +166,7 @@ def test_timestamps_come_back_in_utc_whatever_the_session_time_zone(
     )
     try:
         with elsewhere.connect() as connection:
-            claimed = store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+            claimed = store_for(connection).claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
     finally:
         elsewhere.dispose()
     assert claimed is not None
@@ -181,9 +181,9 @@ def test_a_statement_error_surfaces_as_sqlalchemy_does_it(
     with bridge.autocommit.connect() as connection:
         with pytest.raises(DBAPIError) as raised:
             # PostgreSQL refuses a job id beyond bigint.
-            store.claim_job(connection, 2**63, "t-1", worker="w", now=datetime.now(UTC))
+            store_for(connection).claim_job(connection, 2**63, "t-1", worker="w", now=datetime.now(UTC))
         assert not raised.value.connection_invalidated
-        assert store.claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
+        assert store_for(connection).claim_job(connection, job.id, "t-1", worker="w", now=datetime.now(UTC))
 
 
 def test_the_heartbeat_writes_back_a_claim_lost_in_a_server_crash(
@@ -196,7 +196,7 @@ def test_the_heartbeat_writes_back_a_claim_lost_in_a_server_crash(
     job = _dispatched(job_factory)
     now = datetime.now(UTC)
     with bridge.autocommit.begin() as connection:
-        assert store.claim_job(connection, job.id, "t-1", worker="w", now=now) is not None
+        assert store_for(connection).claim_job(connection, job.id, "t-1", worker="w", now=now) is not None
     other = job_factory(user_id=2, dispatched_at=now, task_id="t-other")
     with engine.begin() as connection:  # what the crash leaves: the claim never happened
         connection.execute(
@@ -207,7 +207,7 @@ def test_the_heartbeat_writes_back_a_claim_lost_in_a_server_crash(
     later = datetime.now(UTC)
     with bridge.autocommit.begin() as connection:
         # A token the row does not carry stays refused.
-        alive = store.refresh_heartbeats(
+        alive = store_for(connection).refresh_heartbeats(
             connection, [(job.id, "t-1"), (other.id, "t-1")], now=later
         )
     assert alive == {job.id}
@@ -215,14 +215,14 @@ def test_the_heartbeat_writes_back_a_claim_lost_in_a_server_crash(
     assert restored.state is JobState.RUNNING and restored.started == later
     assert fetch(other.id).state is JobState.DISPATCHED
     with bridge.autocommit.begin() as connection:
-        assert store.finish_job(
+        assert store_for(connection).finish_job(
             connection, job.id, "t-1", now=later, success=True, result=None, remove_at=None
         )
 
 
 def test_the_table_s_columns_come_in_the_model_s_order(engine: Engine) -> None:
     """Rows from RETURNING * (schedule_job) are read by position."""
-    from worker_bridge.store._common import all_columns
+    from worker_bridge.store.schema import all_columns
 
     with engine.connect() as connection:
         names = list(connection.exec_driver_sql("SELECT * FROM worker_jobs LIMIT 0").keys())

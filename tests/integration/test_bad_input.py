@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.errors import (
     InvalidCronError,
     InvalidDelayError,

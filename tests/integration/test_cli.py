@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from worker_bridge import store
-from worker_bridge.bootstrap import BridgeApp, get_bridge, set_bridge
+from worker_bridge.bridge import BridgeApp, get_bridge, set_bridge
 from worker_bridge.cli import main
 from worker_bridge.models import Base, JobState, WorkerJob
+from worker_bridge.store import cancellation_result, store_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-pw"
@@ -114,7 +114,7 @@ def make_states(job_factory: Factory) -> dict[str, WorkerJob]:
             user_id=2,
             **done,
             success=False,
-            result=store.cancellation_result(None, "Cancelled by hand."),
+            result=cancellation_result(None, "Cancelled by hand."),
         ),
     }
 
@@ -408,8 +408,8 @@ def test_show_prints_every_column_and_the_result(
 def test_lineage_stops_at_its_limit(bridge: BridgeApp, job_factory: Factory) -> None:
     ids = [job.id for job in make_chain(job_factory, 5)]
     with bridge.engine.connect() as connection:
-        cut = store.job_lineage(connection, ids[2], limit=1)
-        whole = store.job_lineage(connection, ids[2], limit=2)
+        cut = store_for(connection).job_lineage(connection, ids[2], limit=1)
+        whole = store_for(connection).job_lineage(connection, ids[2], limit=2)
     assert [j.id for j in cut.earlier] == [ids[1]] and [j.id for j in cut.later] == [ids[3]]
     assert cut.truncated is True
     assert [j.id for j in whole.earlier] == ids[:2] and [j.id for j in whole.later] == ids[3:]
@@ -602,15 +602,15 @@ def test_the_cli_queries_run_on_sqlite() -> None:
                     started=now,
                     finished=now,
                     success=False,
-                    result=store.cancellation_result(None, "by hand"),
+                    result=cancellation_result(None, "by hand"),
                 )
             ).inserted_primary_key[0]
             second = connection.execute(
                 table.insert().values(**common, due=now, rescheduled_from_job=first)
             ).inserted_primary_key[0]
-            listed = store.list_jobs(connection, status=JobState.CANCELLED)
-            lineage = store.job_lineage(connection, second)
-            stats = store.job_stats(connection)
+            listed = store_for(connection).list_jobs(connection, status=JobState.CANCELLED)
+            lineage = store_for(connection).job_lineage(connection, second)
+            stats = store_for(connection).job_stats(connection)
         assert [job.id for job in listed] == [first]
         assert [job.id for job in lineage.earlier] == [first] and lineage.later == []
         assert stats.counts == {"echo": {JobState.CANCELLED: 1, JobState.PENDING: 1}}

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from worker_bridge.bootstrap import BridgeApp, get_bridge
+from worker_bridge.bridge import BridgeApp, get_bridge
 from worker_bridge.cli import main
 
 # See test_properties.py: libcst's import warning would hide a failing example.

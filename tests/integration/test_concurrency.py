@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 from worker_bridge import WorkerJobConfig, schedule_job
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.models import JobState, WorkerJob
 from worker_bridge.settings import Settings
 

@@ -17,13 +17,17 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from tests.conftest import REDIS_HOST
-from worker_bridge import WorkerJobConfig, schedule_job, store
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge import WorkerJobConfig, schedule_job
+from worker_bridge.attempt import Attempt
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.celery_app import create_celery_app
-from worker_bridge.dispatcher import REMOVAL_JOB, Dispatcher
+from worker_bridge.dispatcher import Dispatcher
+from worker_bridge.job import Job, NewJob
+from worker_bridge.maintenance import REMOVAL_JOB
 from worker_bridge.models import JobState, WorkerJob
-from worker_bridge.tasks import _claim
+from worker_bridge.store import store_for
 from worker_bridge.wakeup import ListenWaiter
+from worker_bridge.worker_process import WorkerProcess
 
 Fetch = Callable[[int], WorkerJob]
 
@@ -62,6 +66,12 @@ def queue(redis_db: int) -> Callable[[], list[dict[str, Any]]]:
     return read
 
 
+def _claim(bridge: BridgeApp, job_id: int, token: str, worker: str) -> Job | None:
+    """A worker's claim of the row, as a real attempt makes it (no celery process)."""
+    process = WorkerProcess(bridge, one_task_at_a_time=False)
+    return Attempt(process, job_id=job_id, token=token, job_type="echo", worker=worker).claim()
+
+
 def _with_settings(bridge: BridgeApp, **changes: Any) -> BridgeApp:
     return BridgeApp(
         settings=replace(bridge.settings, **changes),
@@ -81,7 +91,7 @@ def test_a_pass_sends_due_rows_and_only_those(
         WorkerJobConfig(type="echo", user_id=9, due=datetime.now(UTC) + timedelta(hours=1))
     )
     dispatcher = Dispatcher(bridge, celery_app)
-    report = dispatcher.run_once()
+    report = dispatcher.run_once(datetime.now(UTC))
 
     assert sorted(j.id for j in report.sent) == [j.id for j in due]
     assert report.next_due == later.due
@@ -96,7 +106,7 @@ def test_a_pass_sends_due_rows_and_only_those(
         assert message["content_type"] == "application/json"
     assert fetch(later.id).state is JobState.PENDING
     # A second pass sends nothing again.
-    assert dispatcher.run_once().sent == []
+    assert dispatcher.run_once(datetime.now(UTC)).sent == []
     assert len(queue()) == 3
 
 
@@ -134,7 +144,7 @@ def test_each_sent_job_gets_one_task_sent_event_published_once_per_batch(
             messages.clear()
 
             jobs = [schedule_job(WorkerJobConfig(type="echo", user_id=i)) for i in range(5)]
-            report = Dispatcher(bridge, celery_app).run_once()
+            report = Dispatcher(bridge, celery_app).run_once(datetime.now(UTC))
             deadline = time.monotonic() + 10
             while len(events) < 5:
                 assert time.monotonic() < deadline, f"task-sent events missing: {events}"
@@ -157,7 +167,7 @@ def test_a_row_without_a_module_fails_instead_of_being_sent(
     job_factory: Callable[..., WorkerJob],
 ) -> None:
     ghost = job_factory(type="ghost", user_id=1)
-    report = Dispatcher(bridge, celery_app).run_once()
+    report = Dispatcher(bridge, celery_app).run_once(datetime.now(UTC))
     assert [j.id for j in report.failed] == [ghost.id]
     row = fetch(ghost.id)
     assert row.state is JobState.FAILED
@@ -174,7 +184,7 @@ def test_concurrent_dispatchers_send_each_row_once(
     due = datetime.now(UTC) + timedelta(seconds=1)
     with bridge.engine.begin() as connection:
         for i in range(600):
-            store.supersede_and_insert(
+            store_for(connection).supersede_and_insert(
                 connection,
                 store_job("echo", i, due),
                 now=datetime.now(UTC),
@@ -186,8 +196,8 @@ def test_concurrent_dispatchers_send_each_row_once(
 
     def run(index: int) -> None:
         barrier.wait()
-        time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
-        sent[index] = [j.id for j in dispatchers[index].run_once().sent]
+        # The pass's clock is pinned at the due time: no waiting for the wall clock.
+        sent[index] = [j.id for j in dispatchers[index].run_once(due).sent]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(dispatchers))]
     for thread in threads:
@@ -202,8 +212,6 @@ def test_concurrent_dispatchers_send_each_row_once(
 
 
 def store_job(job_type: str, user_id: int, due: datetime) -> Any:
-    from worker_bridge.models import NewJob
-
     return NewJob(type=job_type, user_id=user_id, data={}, due=due)
 
 
@@ -212,7 +220,7 @@ def test_a_crash_before_commit_leaves_rows_pending_and_the_messages_refused(
 ) -> None:
     job = schedule_job(WorkerJobConfig(type="echo", user_id=1))
     with engine.connect() as connection:
-        claimed = store.claim_due_jobs(connection, now=datetime.now(UTC), limit=10)
+        claimed = store_for(connection).claim_due_jobs(connection, now=datetime.now(UTC), limit=10)
         published_token = claimed[0].task_id
         connection.rollback()  # the dispatcher died after publishing
     assert fetch(job.id).state is JobState.PENDING
@@ -231,7 +239,7 @@ def test_a_claim_that_outruns_the_dispatch_commit_waits_for_it(
 
     def dispatcher() -> None:
         with engine.begin() as connection:
-            rows = store.claim_due_jobs(connection, now=datetime.now(UTC), limit=10)
+            rows = store_for(connection).claim_due_jobs(connection, now=datetime.now(UTC), limit=10)
             assert rows[0].task_id is not None
             claimed_token.append(rows[0].task_id)
             published.set()
@@ -248,7 +256,7 @@ def test_a_claim_that_outruns_the_dispatch_commit_waits_for_it(
 
 def _dispatch_and_claim(bridge: BridgeApp, engine: Engine, job: WorkerJob) -> str:
     with engine.begin() as connection:
-        [row] = store.claim_due_jobs(connection, now=datetime.now(UTC), limit=10)
+        [row] = store_for(connection).claim_due_jobs(connection, now=datetime.now(UTC), limit=10)
     assert row.task_id is not None
     assert _claim(bridge, job.id, row.task_id, "w:1") is not None
     return row.task_id
@@ -261,7 +269,7 @@ def test_recovery_of_a_dead_worker_refuses_the_old_attempt(
     old_token = _dispatch_and_claim(bridge, engine, job)
     later = datetime.now(UTC) + bridge.settings.heartbeat_timeout + timedelta(seconds=1)
 
-    recovered = Dispatcher(bridge, celery_app).recover(later)
+    recovered = Dispatcher(bridge, celery_app).recovery.run_once(later)
 
     assert [(r.job_id, r.reason) for r in recovered] == [
         (job.id, "heartbeat older than heartbeat_timeout")
@@ -272,10 +280,10 @@ def test_recovery_of_a_dead_worker_refuses_the_old_attempt(
     with engine.begin() as connection:
         # The presumed-dead worker comes back: its heartbeat and result are refused.
         assert (
-            store.refresh_heartbeats(connection, [(job.id, old_token)], now=datetime.now(UTC))
+            store_for(connection).refresh_heartbeats(connection, [(job.id, old_token)], now=datetime.now(UTC))
             == set()
         )
-        assert not store.finish_job(
+        assert not store_for(connection).finish_job(
             connection,
             job.id,
             old_token,
@@ -284,7 +292,7 @@ def test_recovery_of_a_dead_worker_refuses_the_old_attempt(
             result={"late": True},
             remove_at=None,
         )
-        assert store.finish_job(
+        assert store_for(connection).finish_job(
             connection,
             job.id,
             new_token,
@@ -306,15 +314,15 @@ def test_lost_messages_are_resent_only_when_the_queue_is_empty(
 ) -> None:
     job = schedule_job(WorkerJobConfig(type="echo", user_id=1))
     dispatcher = Dispatcher(bridge, celery_app)
-    dispatcher.run_once()
+    dispatcher.run_once(datetime.now(UTC))
     first_token = fetch(job.id).task_id
     later = datetime.now(UTC) + bridge.settings.redispatch_after + timedelta(seconds=1)
     # The message still waits in the queue: not lost.
-    assert dispatcher.recover(later) == []
+    assert dispatcher.recovery.run_once(later) == []
     redis.Redis(host=REDIS_HOST, db=redis_db).delete("celery")  # the broker lost it
-    [recovered] = dispatcher.recover(later)
+    [recovered] = dispatcher.recovery.run_once(later)
     assert recovered.reason == "dispatched but not started"
-    dispatcher.run_once()
+    dispatcher.run_once(datetime.now(UTC))
     row = fetch(job.id)
     assert row.recoveries == 1 and row.task_id not in (None, first_token)
     assert [m["headers"]["id"] for m in queue()] == [row.task_id]
@@ -335,7 +343,7 @@ def test_stale_started_rows_are_recovered_even_with_a_live_heartbeat(
         task_id="t",
         dispatched_at=now - timedelta(hours=2),
     )
-    [recovered] = Dispatcher(bridge, celery_app).recover(now)
+    [recovered] = Dispatcher(bridge, celery_app).recovery.run_once(now)
     assert recovered.job_id == stale.id
     assert recovered.reason == "started longer than stale_after ago"
     assert fetch(stale.id).state is JobState.PENDING
@@ -349,7 +357,7 @@ def test_a_lost_job_with_a_newer_pending_job_is_cancelled_not_reset(
     newer = schedule_job(WorkerJobConfig(type="echo", user_id=1))  # job is running: kept
     assert fetch(job.id).state is JobState.RUNNING
     later = datetime.now(UTC) + bridge.settings.heartbeat_timeout + timedelta(seconds=1)
-    [recovered] = Dispatcher(bridge, celery_app).recover(later)
+    [recovered] = Dispatcher(bridge, celery_app).recovery.run_once(later)
     assert recovered.cancelled_by == newer.id
     row = fetch(job.id)
     assert row.state is JobState.CANCELLED and row.result["cancelled_by"] == newer.id
@@ -364,11 +372,11 @@ def test_max_in_flight_holds_the_backlog_in_the_table(
     for i in range(25):
         schedule_job(WorkerJobConfig(type="echo", user_id=i))
     dispatcher = Dispatcher(_with_settings(bridge, max_in_flight=10), celery_app)
-    report = dispatcher.run_once()
+    report = dispatcher.run_once(datetime.now(UTC))
     assert len(report.sent) == 10 and report.throttled
     assert dispatcher.seconds_until_next_pass(report, datetime.now(UTC)) < 0.1
     assert len(queue()) == 10
-    assert dispatcher.run_once().sent == []
+    assert dispatcher.run_once(datetime.now(UTC)).sent == []
 
 
 def test_the_wait_runs_until_the_next_due_time_within_max_interval(
@@ -393,15 +401,15 @@ def test_the_removal_job_is_ensured_once_and_a_live_one_is_left_alone(
 ) -> None:
     with_removal = _with_settings(bridge, jobs_package="jobs")
     dispatcher = Dispatcher(with_removal, celery_app)
-    created = dispatcher.ensure_removal_job()
+    created = dispatcher.removal.ensure_job(datetime.now(UTC))
     assert created is not None
     assert created.type == REMOVAL_JOB and created.user_id == 0
     assert created.cron_schedule == "* * * * *" and created.auto_reschedule_on_failure
     with engine.begin() as connection:  # it is running now
-        [row] = store.claim_due_jobs(connection, now=created.due, limit=5)
+        [row] = store_for(connection).claim_due_jobs(connection, now=created.due, limit=5)
     assert row.task_id is not None
     assert _claim(with_removal, created.id, row.task_id, "w:1") is not None
-    assert Dispatcher(with_removal, celery_app).ensure_removal_job() is None
+    assert Dispatcher(with_removal, celery_app).removal.ensure_job(datetime.now(UTC)) is None
     jobs = all_jobs()
     assert len(jobs) == 1 and jobs[0].state is JobState.RUNNING
 

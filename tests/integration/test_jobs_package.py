@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.errors import ConfigurationError, JobModuleError, UnknownJobTypeError
 from worker_bridge.loader import JobRegistry
 

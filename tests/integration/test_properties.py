@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job, schedule_jobs
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.errors import (
     InvalidCronError,
     InvalidDelayError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.loader import JobRegistry
 from worker_bridge.models import WorkerJob
 from worker_bridge.params import JobParams, job_logger

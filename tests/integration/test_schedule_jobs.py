@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from tests.integration.test_concurrency import _check_one_pending_per_key
 from worker_bridge import WorkerJobConfig, schedule_job, schedule_jobs
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.errors import InvalidUserIdError
 from worker_bridge.models import JobState, WorkerJob
 
@@ -165,7 +165,7 @@ def test_a_batch_of_tens_of_thousands_of_pairs_holds_a_bounded_number_of_locks(
     """One advisory lock per pair would exhaust PostgreSQL's lock table
     ("out of shared memory") beyond some ten thousand pairs; the pairs'
     locks are hash buckets, so any batch holds at most PAIR_LOCK_BUCKETS."""
-    from worker_bridge.store._common import PAIR_LOCK_BUCKETS
+    from worker_bridge.store.schema import PAIR_LOCK_BUCKETS
 
     count = 30_000
     configs = [WorkerJobConfig(type="echo", user_id=i) for i in range(count)]
@@ -186,7 +186,7 @@ def test_many_batches_in_one_transaction_hold_a_bounded_number_of_locks(
 ) -> None:
     """Locks last until the transaction ends, so batches in one transaction add
     up: 25 batches of 1,000 distinct pairs must still fit in the lock table."""
-    from worker_bridge.store._common import PAIR_LOCK_BUCKETS
+    from worker_bridge.store.schema import PAIR_LOCK_BUCKETS
 
     with Session(engine) as session, session.begin():
         for start in range(0, 25_000, 1_000):

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job
-from worker_bridge.bootstrap import BridgeApp
+from worker_bridge.bridge import BridgeApp
 from worker_bridge.models import JobState, WorkerJob
 
 Fetch = Callable[[int], WorkerJob]

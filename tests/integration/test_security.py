@@ -33,12 +33,13 @@ from sqlalchemy.engine import make_url
 
 from tests.acceptance.conftest import Processes, wait_until
 from tests.conftest import CLAIM_KEY, REDIS_HOST, TEST_JOBS
-from worker_bridge import WorkerJobConfig, schedule_job, schedule_jobs, store
-from worker_bridge.bootstrap import BridgeApp, get_bridge, set_bridge
+from worker_bridge import WorkerJobConfig, schedule_job, schedule_jobs
+from worker_bridge.bridge import BridgeApp, get_bridge, set_bridge
 from worker_bridge.cli import main
 from worker_bridge.errors import UnknownJobTypeError
 from worker_bridge.models import WorkerJob
 from worker_bridge.settings import Settings
+from worker_bridge.store import store_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "worker_bridge"
@@ -111,7 +112,7 @@ def test_sql_looking_input_is_stored_as_data_and_the_table_survives(
         with pytest.raises(UnknownJobTypeError):
             schedule_job(WorkerJobConfig(type=payload, user_id=1))
         with bridge.engine.connect() as connection:
-            assert store.list_jobs(connection, job_type=payload, limit=10) == []
+            assert store_for(connection).list_jobs(connection, job_type=payload, limit=10) == []
     monkeypatch.setenv("WORKER_BRIDGE_DATABASE_URL", database_url)
     for payload in SQL_LIKE:
         capsys.readouterr()

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from worker_bridge.params import JobParams
+from worker_bridge.store import store_for
 
 
 def _record(params: JobParams, phase: str) -> None:
@@ -27,12 +28,11 @@ def _record(params: JobParams, phase: str) -> None:
 
 
 def _retries(params: JobParams) -> int:
-    from worker_bridge import store
 
     depth, parent = 0, params.job.rescheduled_from_job
     with params.app.engine.connect() as connection:
         while parent is not None and depth < 50:
-            row = store.get_job(connection, parent)
+            row = store_for(connection).get_job(connection, parent)
             if row is None or row.type != params.job.type or row.cron_schedule:
                 break
             depth, parent = depth + 1, row.rescheduled_from_job

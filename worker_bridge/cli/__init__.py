@@ -24,7 +24,7 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from worker_bridge.bootstrap import get_bridge
+from worker_bridge.bridge import get_bridge
 from worker_bridge.cli.commands import (
     MAX_LIMIT,
     STATUSES,

@@ -14,8 +14,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker_bridge import store
-from worker_bridge.bootstrap import get_bridge
+from worker_bridge.bridge import get_bridge
 from worker_bridge.cli.demo import run_demo
 from worker_bridge.cli.formatting import (
     SUMMARY_HEADERS,
@@ -156,8 +155,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     """``jobs``: list jobs, newest first, filtered by type, user and status."""
     status = None if args.status is None else JobState(args.status)
-    with get_bridge().engine.connect() as connection:
-        jobs = store.list_jobs(
+    bridge = get_bridge()
+    with bridge.engine.connect() as connection:
+        jobs = bridge.store.list_jobs(
             connection, job_type=args.type, user_id=args.user, status=status, limit=args.limit
         )
     if args.json:
@@ -171,11 +171,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``show``: one job, every column, its result and its lineage."""
-    with get_bridge().engine.connect() as connection:
-        job = store.get_job(connection, args.id)
+    bridge = get_bridge()
+    with bridge.engine.connect() as connection:
+        job = bridge.store.get_job(connection, args.id)
         if job is None:
             raise CommandError(f"no job with id {args.id}")
-        lineage = store.job_lineage(connection, args.id)
+        lineage = bridge.store.job_lineage(connection, args.id)
     if args.json:
         chain = {
             "earlier": [asdict(j) for j in lineage.earlier],
@@ -212,15 +213,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``cancel``: cancel a pending, dispatched or running job."""
-    with get_bridge().engine.begin() as connection:
-        before = store.get_job(connection, args.id)
+    bridge = get_bridge()
+    with bridge.engine.begin() as connection:
+        before = bridge.store.get_job(connection, args.id)
         if before is None:
             raise CommandError(f"no job with id {args.id}")
-        cancelled = store.cancel_job(
+        cancelled = bridge.store.cancel_job(
             connection, args.id, now=datetime.now(UTC), reason="Cancelled by hand (worker-bridge)."
         )
         # Read again: the row may have finished, or gone, since the first read.
-        after = store.get_job(connection, args.id)
+        after = bridge.store.get_job(connection, args.id)
     if after is None:
         raise CommandError(f"no job with id {args.id}")
     if not cancelled:
@@ -240,8 +242,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """``stats``: counts by status and type, and the oldest pending job."""
-    with get_bridge().engine.connect() as connection:
-        stats = store.job_stats(connection)
+    bridge = get_bridge()
+    with bridge.engine.connect() as connection:
+        stats = bridge.store.job_stats(connection)
     now = datetime.now(UTC)
     by_status = {s: sum(c.get(JobState(s), 0) for c in stats.counts.values()) for s in STATUSES}
     by_type = {t: {s: c.get(JobState(s), 0) for s in STATUSES} for t, c in stats.counts.items()}

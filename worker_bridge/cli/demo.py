@@ -16,8 +16,7 @@ import sys
 import time
 from datetime import timedelta
 
-from worker_bridge import store
-from worker_bridge.bootstrap import get_bridge
+from worker_bridge.bridge import get_bridge
 from worker_bridge.cli.formatting import SUMMARY_HEADERS, format_table, summary_row
 from worker_bridge.db import safe_url
 from worker_bridge.scheduling import WorkerJobConfig, schedule_cron_job, schedule_job
@@ -53,8 +52,9 @@ def schedule_examples() -> None:
 
 def print_jobs(limit: int = 12) -> None:
     """Print the newest rows, as `worker-bridge jobs` does."""
-    with get_bridge().engine.connect() as connection:
-        jobs = store.list_jobs(connection, limit=limit)
+    bridge = get_bridge()
+    with bridge.engine.connect() as connection:
+        jobs = bridge.store.list_jobs(connection, limit=limit)
     print(format_table(SUMMARY_HEADERS, [summary_row(job) for job in jobs]), flush=True)
 
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker_bridge import store
-from worker_bridge.models import WorkerJob
+from worker_bridge.job import FIELDS, Job
+from worker_bridge.store import JobSummary
 
 __all__ = [
     "SUMMARY_HEADERS",
@@ -74,18 +74,18 @@ def duration(delta: timedelta) -> str:
     return " ".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
-def job_dict(job: WorkerJob) -> dict[str, Any]:
+def job_dict(job: Job) -> dict[str, Any]:
     """Every column of the row, and its derived status."""
-    row = {column.key: getattr(job, column.key) for column in WorkerJob.__table__.columns}
+    row = {name: getattr(job, name) for name in FIELDS}
     return {**row, "status": job.state.value}
 
 
 SUMMARY_HEADERS = ("ID", "TYPE", "USER", "STATUS", "DUE", "FINISHED", "ATTEMPTS", "CRON", "FROM")
 
 
-def summary_row(job: store.JobSummary | WorkerJob) -> list[object]:
+def summary_row(job: JobSummary | Job) -> list[object]:
     """The cells of ``job`` under :data:`SUMMARY_HEADERS`."""
-    status = job.state if isinstance(job, WorkerJob) else job.status
+    status = job.state if isinstance(job, Job) else job.status
     return [
         job.id,
         job.type,

@@ -1,68 +1,61 @@
-"""The only module that queries ``worker_jobs``.
+"""The only package that queries ``worker_jobs``: one interface, one implementation per database.
 
-Every function takes the caller's ``Connection`` and leaves the transaction to
-the caller, so that several writes (and the application's own rows) can commit
-or roll back together. What is PostgreSQL-specific (advisory locks,
-``FOR UPDATE SKIP LOCKED``, data-modifying CTEs) stays in this module; the
-portable form used on SQLite relies on SQLite allowing one writer at a time.
+:class:`Store` (``base``) is the interface; ``postgresql`` and ``sqlite`` each
+implement it for their database, and :func:`store_for` picks one once per
+engine. Nothing outside this package checks which database it talks to.
+
+- ``base``: the interface, and the queries both databases share;
+- ``postgresql``, ``sqlite``: one implementation each;
+- ``schema``: the table, its column order, the texts and the lock key both write;
+- ``reports``: read-only listing, lineage and statistics;
+- ``driver``: statements run on psycopg's own connection.
 """
 
 from __future__ import annotations
 
-from worker_bridge.store._common import cancellation_result, job_from_row, lock_type_user
-from worker_bridge.store.attempts import (
-    claim_job,
-    describe_refusal,
-    finish_job,
-    refresh_heartbeats,
-    wait_for_dispatch_commit,
-)
-from worker_bridge.store.batch import supersede_and_insert_many
-from worker_bridge.store.dispatching import (
-    Recovery,
-    claim_due_jobs,
-    count_in_flight,
-    fail_unsendable,
-    next_due,
-    recover_lost_jobs,
-)
-from worker_bridge.store.queries import (
-    JobStats,
-    JobSummary,
-    Lineage,
-    job_lineage,
-    job_stats,
-    list_jobs,
-)
-from worker_bridge.store.reading import delete_removable_jobs, get_job, get_jobs
-from worker_bridge.store.scheduling import cancel_job, insert_unless_live, supersede_and_insert
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from worker_bridge.errors import ConfigurationError
+from worker_bridge.store.base import Recovered, Store, WrittenOutcome
+from worker_bridge.store.postgresql import PostgreSQLStore
+from worker_bridge.store.reports import JobStats, JobSummary, Lineage
+from worker_bridge.store.schema import cancellation_result
+from worker_bridge.store.sqlite import SQLiteStore
+
+_STORES: dict[str, Store] = {store.dialect: store for store in (PostgreSQLStore(), SQLiteStore())}
+
+
+def store_for(bind: Engine | Connection | str) -> Store:
+    """The store of an engine's (or connection's, or URL's) database."""
+    if isinstance(bind, str):
+        try:
+            name = make_url(bind).get_backend_name()
+        except ArgumentError as exc:
+            raise ConfigurationError(
+                "WORKER_BRIDGE_DATABASE_URL is not a SQLAlchemy URL "
+                "(e.g. postgresql+psycopg://user@host/db)"
+            ) from exc
+    else:
+        name = bind.dialect.name
+    try:
+        return _STORES[name]
+    except KeyError:
+        raise ConfigurationError(
+            f"worker_bridge runs on PostgreSQL or SQLite, not {name!r}"
+        ) from None
+
 
 __all__ = [
     "JobStats",
     "JobSummary",
     "Lineage",
-    "Recovery",
-    "cancel_job",
+    "PostgreSQLStore",
+    "Recovered",
+    "SQLiteStore",
+    "Store",
+    "WrittenOutcome",
     "cancellation_result",
-    "claim_due_jobs",
-    "claim_job",
-    "count_in_flight",
-    "delete_removable_jobs",
-    "describe_refusal",
-    "fail_unsendable",
-    "finish_job",
-    "get_job",
-    "get_jobs",
-    "insert_unless_live",
-    "job_from_row",
-    "job_lineage",
-    "job_stats",
-    "list_jobs",
-    "lock_type_user",
-    "next_due",
-    "recover_lost_jobs",
-    "refresh_heartbeats",
-    "supersede_and_insert",
-    "supersede_and_insert_many",
-    "wait_for_dispatch_commit",
+    "store_for",
 ]

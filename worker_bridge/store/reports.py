@@ -1,4 +1,4 @@
-"""Read-only queries behind the ``worker-bridge`` command: listing, lineage, statistics.
+"""Read-only reports over the table: listing, lineage, statistics (behind ``Store``).
 
 Portable SQLAlchemy Core only, so that they run unchanged on PostgreSQL and
 SQLite. A row's status always comes from
@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Integer, Row, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from worker_bridge.models import JobState, state_expression
-from worker_bridge.store._common import jobs_table
+from worker_bridge.job import JobState
+from worker_bridge.models import state_expression
+from worker_bridge.store.schema import jobs_table
 
 #: How many rows :func:`job_lineage` follows each way by default.
 LINEAGE_LIMIT = 1000

@@ -1,0 +1,278 @@
+"""One attempt at a job: claim the row, call ``run()``, write the outcome.
+
+The attempt token is the Celery task id: the dispatcher wrote it into the
+row, and every write of an attempt (claim, heartbeat, finish, follow-up)
+applies only while the row still carries it. A worker presumed dead that was
+only slow therefore cannot overwrite the newer attempt's result or spawn a
+second follow-up: its late write is refused and logged.
+
+Nothing here imports Celery: the task wrapper (``tasks``) builds an
+:class:`Attempt` from the message and runs it, and tests run one in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+
+from worker_bridge.bridge import BridgeApp
+from worker_bridge.job import Job
+from worker_bridge.outcome import FollowUpReason, Outcome, decide_outcome, error_result
+from worker_bridge.params import JobParams, job_logger
+from worker_bridge.store import WrittenOutcome
+from worker_bridge.worker_process import WorkerProcess
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+#: Longest a claim waits for a dispatcher's transaction to end (ms).
+CLAIM_LOCK_TIMEOUT_MS = 30_000
+
+
+def utcnow() -> datetime:
+    """The wall clock, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptReport:
+    """What an attempt did."""
+
+    #: The row as claimed, or None when the claim was refused.
+    job: Job | None = None
+    #: What was decided for the row, or None when it did not run.
+    outcome: Outcome | None = None
+    #: What the store wrote, or None when the attempt wrote nothing.
+    written: WrittenOutcome | None = None
+
+
+class Attempt:
+    """One delivery of a job's message to a worker process.
+
+    ``soft_timeouts`` are the exception types a soft time limit raises inside
+    ``run()`` (Celery's ``SoftTimeLimitExceeded``), and ``soft_limit`` its
+    value in seconds, for the message.
+    """
+
+    def __init__(
+        self,
+        process: WorkerProcess,
+        *,
+        job_id: int,
+        token: str,
+        job_type: str,
+        worker: str,
+        clock: Clock = utcnow,
+        soft_timeouts: tuple[type[BaseException], ...] = (),
+        soft_limit: float | None = None,
+    ) -> None:
+        self.process = process
+        self.bridge: BridgeApp = process.bridge
+        self.job_id = job_id
+        self.token = token
+        self.job_type = job_type
+        self.worker = worker
+        self.clock = clock
+        self.soft_timeouts = soft_timeouts
+        self.soft_limit = soft_limit
+
+    def execute(self) -> AttemptReport:
+        """Claim, run and write the outcome; what a task does with its message."""
+        patience = self.bridge.settings.redispatch_after.total_seconds() / 2
+        job = with_db_retry(self.bridge, f"claiming job {self.job_id}", self.claim, patience)
+        if job is None:
+            return AttemptReport()
+        if job.type != self.job_type:
+            outcome = Outcome(
+                success=False,
+                result=error_result(
+                    f"message for task jobs.{self.job_type} named row {job.id} of type {job.type}",
+                    "TaskMismatchError",
+                ),
+                remove_at=None,
+            )
+            return AttemptReport(job, outcome, self.write(job, outcome))
+        heartbeat = self.process.heartbeat
+        heartbeat.add(job.id, self.token)
+        log = job_logger(job)
+        started = time.monotonic()
+        log.info("job %s (%s, user %s) started", job.id, job.type, job.user_id)
+        try:
+            outcome = self.decide(job, *self.call(job, log))
+            written = self.write(job, outcome)
+        finally:
+            heartbeat.remove(job.id)
+        duration = time.monotonic() - started
+        if written.written:
+            what = "succeeded" if outcome.success else f"failed: {outcome.result.get('error')}"
+            then = ""
+            if written.follow_up is not None:
+                kind = "retry" if outcome.follow_up_reason is FollowUpReason.RETRY else "next run"
+                follow_up = written.follow_up
+                then = f"; {kind} is job {follow_up.id} due {follow_up.due.isoformat()}"
+            log.info(
+                "job %s (%s, user %s) %s in %.3fs%s",
+                job.id, job.type, job.user_id, what, duration, then,
+                extra={"duration": duration, "success": outcome.success},
+            )  # fmt: skip
+        return AttemptReport(job, outcome, written)
+
+    def claim(self) -> Job | None:
+        """Start this attempt on its row; None (with one log line) if the row refuses it."""
+        store = self.bridge.store
+        # One autocommit UPDATE: the whole claim is a single round trip.
+        with self.process.connection() as connection:
+            claimed = store.claim_job(
+                connection, self.job_id, self.token, worker=self.worker, now=self.clock()
+            )
+        if claimed is not None:
+            return claimed
+        # The message may have outrun the dispatcher's commit: wait for the row
+        # to be free and look again before refusing it.
+        with self.bridge.engine.begin() as connection:
+            store.wait_for_dispatch_commit(
+                connection, self.job_id, timeout_ms=CLAIM_LOCK_TIMEOUT_MS
+            )
+        with self.bridge.autocommit.begin() as connection:
+            claimed = store.claim_job(
+                connection, self.job_id, self.token, worker=self.worker, now=self.clock()
+            )
+            if claimed is None:
+                reason = store.describe_refusal(connection, self.job_id, self.token)
+                logger.info(
+                    "job %s: skipped: %s", self.job_id, reason, extra={"job_id": self.job_id}
+                )
+        return claimed
+
+    def call(self, job: Job, log: Any) -> tuple[Any, BaseException | dict[str, Any] | None]:
+        """Run the job's ``run()`` on its own copy of the row; (returned, error)."""
+        try:
+            runner = self.bridge.jobs.runner(job.type)
+            params = JobParams(app=self.bridge, log=log, job=job.with_own_data())
+            if self.bridge.jobs.is_async(runner):
+                return asyncio.run(runner(params)), None
+            return runner(params), None
+        except self.soft_timeouts:
+            return None, error_result(
+                f"job exceeded the soft time limit ({self.soft_limit} s) and was stopped",
+                "SoftTimeLimitExceeded",
+            )
+        except Exception as exc:
+            return None, exc
+
+    def decide(
+        self, job: Job, returned: Any, error: BaseException | dict[str, Any] | None
+    ) -> Outcome:
+        """The outcome of a run that returned ``returned`` or failed with ``error``."""
+        settings = self.bridge.settings
+        return decide_outcome(
+            job,
+            now=self.clock(),
+            timezone=settings.timezone,
+            returned=returned,
+            error=error,
+            max_result_bytes=settings.max_result_bytes,
+        )
+
+    def write(self, job: Job, outcome: Outcome) -> WrittenOutcome:
+        """Write ``outcome`` for this attempt in one store call, retried through outages."""
+        return write_outcome(self.process, job, self.token, outcome, clock=self.clock)
+
+
+def write_outcome(
+    process: WorkerProcess,
+    job: Job,
+    token: str,
+    outcome: Outcome,
+    *,
+    clock: Clock = utcnow,
+) -> WrittenOutcome:
+    """Write ``outcome`` for attempt ``token`` of ``job``; logs a refusal or an outage."""
+    bridge = process.bridge
+
+    def write() -> WrittenOutcome:
+        now = clock()
+        with process.connection() as connection:
+            return bridge.store.write_outcome(
+                connection, job, token, outcome, now=now,
+                stale_before=now - bridge.settings.stale_after,
+            )  # fmt: skip
+
+    try:
+        written = with_db_retry(
+            bridge,
+            f"writing the result of job {job.id}",
+            write,
+            bridge.settings.heartbeat_timeout.total_seconds(),
+        )
+    except DBAPIError:
+        logger.exception(
+            "job %s: result NOT written, the database stayed unreachable; the job "
+            "will run again once its heartbeat expires",
+            job.id,
+            extra={"job_id": job.id},
+        )
+        raise
+    if not written.written:
+        logger.warning(
+            "job %s: result refused: attempt %s is no longer current (the job was "
+            "cancelled, or recovered and run again)",
+            job.id,
+            token,
+            extra={"job_id": job.id},
+        )
+    return written
+
+
+def record_hard_timeout(
+    process: WorkerProcess, job_id: int, token: str, limit: object, clock: Clock = utcnow
+) -> WrittenOutcome | None:
+    """Record a run killed by the hard time limit ``limit`` as failed, with its follow-up.
+
+    Called where the killed run cannot write (in the worker's main process);
+    None when the attempt is no longer the row's current one.
+    """
+    bridge = process.bridge
+    with bridge.engine.connect() as connection:
+        job = bridge.store.get_job(connection, job_id)
+    if job is None or job.task_id != token or job.finished is not None:
+        return None
+    outcome = decide_outcome(
+        job,
+        now=clock(),
+        timezone=bridge.settings.timezone,
+        error=error_result(
+            f"job exceeded the hard time limit ({limit}) and was killed", "TimeLimitExceeded"
+        ),
+        max_result_bytes=bridge.settings.max_result_bytes,
+    )
+    return write_outcome(process, job, token, outcome, clock=clock)
+
+
+def with_db_retry(bridge: BridgeApp, what: str, work: Callable[[], T], patience: float) -> T:
+    """Run ``work``, retrying for up to ``patience`` seconds while the database is unreachable."""
+    deadline = time.monotonic() + patience
+    delay = 0.1
+    while True:
+        try:
+            return work()
+        except DBAPIError as exc:
+            if not bridge.store.is_disconnect(exc) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "%s: database unreachable (%s); retrying in %.1fs",
+                what,
+                str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,73 @@
+"""Recovery: put back to pending the rows whose attempt was lost, and say why.
+
+A row's attempt is presumed lost when its worker stopped beating
+(``heartbeat_timeout``), when it started longer than ``stale_after`` ago, or
+when it was sent and never started for ``redispatch_after`` while the broker's
+queues are empty (its message was lost: an empty queue tells a lost message
+from one waiting in a backlog). The attempt token is cleared with it, so the
+lost attempt, should it come back, has every write refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+
+from worker_bridge.bridge import BridgeApp
+from worker_bridge.store import Recovered
+
+logger = logging.getLogger(__name__)
+
+#: Counts the messages waiting in the broker's job queues; None when it cannot say.
+BacklogProbe = Callable[[], int | None]
+
+
+class JobRecovery:
+    """The recovery service of one bridge."""
+
+    def __init__(self, bridge: BridgeApp, backlog: BacklogProbe) -> None:
+        self.bridge = bridge
+        self.backlog = backlog
+        settings = bridge.settings
+        shortest = min(settings.heartbeat_timeout, settings.redispatch_after).total_seconds()
+        #: Seconds between two passes: often enough to notice a loss within a
+        #: quarter of the shortest timeout, never more than every 0.2 s.
+        self.interval = min(max(shortest / 4, 0.2), 15.0)
+
+    def run_once(self, now: datetime) -> list[Recovered]:
+        """One pass at ``now``: take back every row whose attempt is presumed lost."""
+        settings = self.bridge.settings
+        # Only once the queues are empty can an old unstarted row's message be
+        # taken for lost; with a backlog it may still be waiting there.
+        redispatch_before = now - settings.redispatch_after if self.backlog() == 0 else None
+        try:
+            with self.bridge.engine.begin() as connection:
+                recovered = self.bridge.store.recover_lost_jobs(
+                    connection,
+                    now=now,
+                    stale_before=now - settings.stale_after,
+                    heartbeat_before=now - settings.heartbeat_timeout,
+                    redispatch_before=redispatch_before,
+                )
+        except IntegrityError:
+            # A scheduler inserted a pending job for the same pair between our
+            # snapshot and our lock; that row is recovered on the next pass.
+            logger.info("recovery raced with a scheduler; retrying on the next pass")
+            return []
+        for item in recovered:
+            if item.cancelled_by is None:
+                logger.warning(
+                    "job %s (%s, user %s) recovered, will run again: %s",
+                    item.job_id, item.type, item.user_id, item.reason,
+                    extra={"job_id": item.job_id, "reason": item.reason},
+                )  # fmt: skip
+            else:
+                logger.warning(
+                    "job %s (%s, user %s) recovered (%s) and cancelled: job %s is already pending",
+                    item.job_id, item.type, item.user_id, item.reason, item.cancelled_by,
+                    extra={"job_id": item.job_id},
+                )  # fmt: skip
+        return recovered

@@ -1,0 +1,441 @@
+"""The store interface: every query against ``worker_jobs``, one method each.
+
+:class:`Store` is what the rest of worker_bridge calls; one subclass per
+database implements it (``postgresql.PostgreSQLStore``,
+``sqlite.SQLiteStore``), chosen once per engine by :func:`worker_bridge.store.store_for`.
+The methods written here in portable SQLAlchemy Core are shared by both; the
+abstract ones differ per database. Every query method takes the caller's
+``Connection`` and leaves the transaction to the caller, so that several
+writes (and the application's own rows) commit or roll back together.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Engine, delete, func, select, tuple_, update
+from sqlalchemy.exc import DBAPIError
+
+from worker_bridge.job import Job, JobState, NewJob
+from worker_bridge.outcome import Outcome
+from worker_bridge.store import reports
+from worker_bridge.store.reports import JobStats, JobSummary, Lineage
+from worker_bridge.store.schema import (
+    CLAIM,
+    FINISH,
+    all_columns,
+    cancellation_result,
+    job_values,
+    jobs_table,
+)
+from worker_bridge.wakeup import Waiter
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A row taken back from an attempt presumed lost."""
+
+    job_id: int
+    type: str
+    user_id: int
+    #: Why the attempt was presumed lost (one of ``schema.LOST_MESSAGE``, ...).
+    reason: str
+    #: The pending job that superseded it, when it was cancelled instead of reset.
+    cancelled_by: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenOutcome:
+    """What :meth:`Store.write_outcome` did."""
+
+    #: False when the attempt was no longer the row's current one: nothing written.
+    written: bool
+    #: The follow-up row inserted with the result, if any.
+    follow_up: Job | None = None
+
+
+#: The live, dispatched, unstarted rows: their messages wait in the broker.
+_IN_FLIGHT = (
+    jobs_table.c.dispatched_at.isnot(None)
+    & jobs_table.c.started.is_(None)
+    & jobs_table.c.finished.is_(None)
+)
+#: The rows a dispatcher may send: neither started, finished nor sent.
+_UNSENT = (
+    jobs_table.c.started.is_(None)
+    & jobs_table.c.finished.is_(None)
+    & jobs_table.c.dispatched_at.is_(None)
+)
+
+
+class Store(ABC):
+    """The queries of one database; subclasses implement the abstract ones."""
+
+    #: Dialect name (``Engine.dialect.name``) this store serves.
+    dialect: ClassVar[str]
+    #: Whether several dispatchers may run against this database at once.
+    concurrent_dispatchers: ClassVar[bool]
+    #: How the dispatcher works here, for its start-up log line.
+    dispatch_mode: ClassVar[str]
+
+    # --- engines ------------------------------------------------------------------
+
+    @abstractmethod
+    def create_engine(self, url: str, **options: Any) -> Engine:
+        """An engine for ``url`` set up as worker_bridge needs it (``options`` win)."""
+
+    @abstractmethod
+    def autocommit_engine(self, engine: Engine, **options: Any) -> Engine:
+        """An engine for single-statement writes on ``engine``'s database."""
+
+    @abstractmethod
+    def autocommit_view(self, engine: Engine) -> Engine:
+        """``engine`` itself, sharing its pool, used for single-statement writes."""
+
+    @abstractmethod
+    def ensure_schema(self, engine: Engine) -> None:
+        """Create or migrate the table where that is done on first use."""
+
+    @abstractmethod
+    def waiter(self, engine: Engine) -> Waiter:
+        """How a dispatcher waits for new rows on this database."""
+
+    @abstractmethod
+    def is_disconnect(self, error: DBAPIError) -> bool:
+        """Whether ``error`` means the database could not be reached (worth retrying)."""
+
+    # --- reading ------------------------------------------------------------------
+
+    def get_job(self, connection: Connection, job_id: int) -> Job | None:
+        """The row with ``job_id``, or None."""
+        row = connection.execute(
+            select(*all_columns).where(jobs_table.c.id == job_id)
+        ).one_or_none()
+        return None if row is None else Job.from_row(row)
+
+    def get_jobs(self, connection: Connection, job_ids: Sequence[int]) -> list[Job]:
+        """The rows with these ids, in id order; missing ids are left out."""
+        rows = connection.execute(
+            select(*all_columns).where(jobs_table.c.id.in_(list(job_ids))).order_by(jobs_table.c.id)
+        )
+        return [Job.from_row(row) for row in rows]
+
+    def list_jobs(
+        self,
+        connection: Connection,
+        *,
+        job_type: str | None = None,
+        user_id: int | None = None,
+        status: JobState | None = None,
+        limit: int = 50,
+    ) -> list[JobSummary]:
+        """Up to ``limit`` rows matching every filter given, newest (highest id) first."""
+        return reports.list_jobs(
+            connection, job_type=job_type, user_id=user_id, status=status, limit=limit
+        )
+
+    def job_lineage(
+        self, connection: Connection, job_id: int, *, limit: int = reports.LINEAGE_LIMIT
+    ) -> Lineage:
+        """The chain of ``job_id`` through ``rescheduled_from_job``, ``limit`` rows each way."""
+        return reports.job_lineage(connection, job_id, limit=limit)
+
+    def job_stats(self, connection: Connection) -> JobStats:
+        """Counts by type and status, and the pending row due the longest."""
+        return reports.job_stats(connection)
+
+    def describe_refusal(self, connection: Connection, job_id: int, token: str) -> str:
+        """Why row ``job_id`` refused attempt ``token`` (for the one log line)."""
+        job = self.get_job(connection, job_id)
+        if job is None:
+            return "the row does not exist (removed, or a forged message)"
+        if job.finished is not None:
+            return f"the row is already {job.state.value}"
+        if job.task_id != token:
+            return "the message is outdated: the row was sent again under another task id"
+        return "the row is already running"
+
+    # --- scheduling -----------------------------------------------------------------
+
+    @abstractmethod
+    def supersede_and_insert(
+        self,
+        connection: Connection,
+        job: NewJob,
+        *,
+        now: datetime,
+        stale_before: datetime,
+        serialize: bool = True,
+    ) -> Job:
+        """Cancel the pending jobs ``job`` supersedes, then insert it.
+
+        Pending means: same type and user, not finished, and either not
+        started or started before ``stale_before``. Cancelled rows get
+        ``started = finished = now``, ``success = false`` and a result naming
+        the new row. With ``serialize`` (the default) it waits for a
+        concurrent writer of the pair; without it, on an autocommit
+        connection, a concurrent writer's pending row makes it raise
+        :class:`~worker_bridge.errors.PendingJobConflictError` (the caller
+        retries, and the retry cancels that row).
+        """
+
+    @abstractmethod
+    def supersede_and_insert_many(
+        self, connection: Connection, jobs: Sequence[NewJob], *, now: datetime,
+        stale_before: datetime,
+    ) -> list[Job]:  # fmt: skip
+        """Insert ``jobs`` as if each were passed to ``supersede_and_insert`` in turn.
+
+        Returns the rows in the order of ``jobs``.
+        """
+
+    def insert_unless_live(
+        self, connection: Connection, job: NewJob, *, now: datetime
+    ) -> Job | None:
+        """Insert ``job`` unless a live row of its type and user exists (None then)."""
+        self.lock_pair(connection, job.type, job.user_id)
+        live = connection.execute(
+            select(jobs_table.c.id)
+            .where(
+                (jobs_table.c.type == job.type)
+                & (jobs_table.c.user_id == job.user_id)
+                & jobs_table.c.finished.is_(None)
+            )
+            .limit(1)
+        ).first()
+        if live is not None:
+            return None
+        return self._insert(connection, job, now=now)
+
+    def cancel_job(
+        self, connection: Connection, job_id: int, *, now: datetime, reason: str
+    ) -> bool:
+        """Cancel one live row by hand; False if it was already finished or absent.
+
+        A running row is cancelled too: its worker's finish is then refused,
+        since the attempt token is cleared.
+        """
+        result = connection.execute(
+            update(jobs_table)
+            .where((jobs_table.c.id == job_id) & jobs_table.c.finished.is_(None))
+            .values(
+                started=func.coalesce(jobs_table.c.started, now),
+                finished=now,
+                success=False,
+                result=cancellation_result(None, reason),
+                task_id=None,
+                heartbeat=None,
+                updated_at=now,
+            )
+        )
+        return result.rowcount == 1
+
+    def lock_pair(self, connection: Connection, job_type: str, user_id: int) -> None:  # noqa: B027
+        """Take the transaction-scoped lock that serialises writers of (type, user_id).
+
+        Nothing by default: a database with one writer at a time needs no lock.
+        """
+
+    def _insert(self, connection: Connection, job: NewJob, *, now: datetime) -> Job:
+        row = connection.execute(
+            jobs_table.insert()
+            .values(**job_values(job), created_at=now, updated_at=now)
+            .returning(*all_columns)
+        ).one()
+        return Job.from_row(row)
+
+    # --- dispatching ----------------------------------------------------------------
+
+    @abstractmethod
+    def claim_due_jobs(self, connection: Connection, *, now: datetime, limit: int) -> list[Job]:
+        """Mark up to ``limit`` due, unsent rows as dispatched with a new task id.
+
+        The caller publishes one message per returned row and commits after;
+        if it dies first, the rows fall back to pending and the messages it did
+        publish carry task ids the table never recorded, so workers refuse them.
+        """
+
+    def fail_unsendable(
+        self, connection: Connection, job_ids: Sequence[int], *, now: datetime, error: str
+    ) -> None:
+        """Finish rows that cannot be sent (no module for their type) as failed."""
+        if not job_ids:
+            return
+        connection.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id.in_(list(job_ids)) & jobs_table.c.finished.is_(None))
+            .values(
+                started=now,
+                finished=now,
+                success=False,
+                updated_at=now,
+                task_id=None,
+                result={"error": error, "exception": "UnknownJobTypeError"},
+            )
+        )
+
+    def count_in_flight(self, connection: Connection) -> int:
+        """How many live rows are dispatched but not started (messages in the broker)."""
+        count: int = connection.execute(
+            select(func.count()).select_from(jobs_table).where(_IN_FLIGHT)
+        ).scalar_one()
+        return count
+
+    def next_due(self, connection: Connection) -> datetime | None:
+        """The due time of the earliest unsent pending row, or None."""
+        due: datetime | str | None = connection.execute(
+            select(func.min(jobs_table.c.due)).where(_UNSENT)
+        ).scalar()
+        # Aggregates lose the column type, so SQLite hands back a naive string.
+        if isinstance(due, str):
+            due = datetime.fromisoformat(due)
+        if due is None:
+            return None
+        return due.replace(tzinfo=UTC) if due.tzinfo is None else due.astimezone(UTC)
+
+    # --- attempts -------------------------------------------------------------------
+
+    def claim_job(
+        self, connection: Connection, job_id: int, token: str, *, worker: str, now: datetime
+    ) -> Job | None:
+        """Start the attempt ``token`` of row ``job_id``; None if it may not run.
+
+        Atomic: one conditional UPDATE. It applies only while the row still
+        carries this dispatch's token and is neither started nor finished, so
+        a duplicate or outdated message, a cancelled or a running row is refused.
+        """
+        params = {"job_id": job_id, "token": token, "claimed_by": worker, "now": now}
+        row = connection.execute(CLAIM, params).one_or_none()
+        return None if row is None else Job.from_row(row)
+
+    def wait_for_dispatch_commit(  # noqa: B027
+        self, connection: Connection, job_id: int, *, timeout_ms: int
+    ) -> None:
+        """Block until no other transaction holds row ``job_id`` (at most ``timeout_ms``).
+
+        A dispatcher publishes before it commits, so a fast worker's claim can
+        see the row as it was before the dispatch and miss it; after this wait
+        the dispatch has committed or rolled back, and a second claim sees
+        which. Nothing to wait for where one writer at a time holds the database.
+        """
+
+    def refresh_heartbeats(
+        self, connection: Connection, attempts: Sequence[tuple[int, str]], *, now: datetime
+    ) -> set[int]:
+        """Refresh the heartbeat of these (row id, token) attempts; return the ids still theirs.
+
+        A row that still carries the attempt's token but shows no start lost
+        its claim, which commits asynchronously on PostgreSQL, in a crash of
+        the server (every other change to the row clears or replaces the
+        token): the heartbeat writes the start again, so that recovery does
+        not take the running job for one whose message was lost.
+        """
+        if not attempts:
+            return set()
+        alive = connection.execute(
+            update(jobs_table)
+            .where(
+                tuple_(jobs_table.c.id, jobs_table.c.task_id).in_(list(attempts))
+                & jobs_table.c.finished.is_(None)
+            )
+            .values(heartbeat=now, started=func.coalesce(jobs_table.c.started, now))
+            .returning(jobs_table.c.id)
+        ).scalars()
+        return set(alive)
+
+    def finish_job(
+        self,
+        connection: Connection,
+        job_id: int,
+        token: str,
+        *,
+        now: datetime,
+        success: bool,
+        result: Any,
+        remove_at: datetime | None,
+    ) -> bool:
+        """Write the end of attempt ``token``; False, writing nothing, if no longer current.
+
+        Refused when the attempt is no longer the row's current one (recovered
+        and sent again, or cancelled meanwhile).
+        """
+        params = {
+            "job_id": job_id,
+            "token": token,
+            "now": now,
+            "succeeded": success,
+            "outcome": result,
+            "removable_at": remove_at,
+        }
+        return connection.execute(FINISH, params).rowcount == 1
+
+    @abstractmethod
+    def write_outcome(
+        self,
+        connection: Connection,
+        job: Job,
+        token: str,
+        outcome: Outcome,
+        *,
+        now: datetime,
+        stale_before: datetime,
+    ) -> WrittenOutcome:
+        """Write the end of attempt ``token`` of ``job`` and its follow-up, atomically.
+
+        The finish applies only while the row carries ``token``; the
+        follow-up (if the outcome has one) is inserted only with it, under the
+        pair's lock and with the supersede rule of ``supersede_and_insert``.
+        On an autocommit connection this is one atomic write; in a
+        transaction, it is part of the caller's.
+        """
+
+    # --- maintenance ----------------------------------------------------------------
+
+    @abstractmethod
+    def recover_lost_jobs(
+        self,
+        connection: Connection,
+        *,
+        now: datetime,
+        stale_before: datetime,
+        heartbeat_before: datetime,
+        redispatch_before: datetime | None,
+        limit: int = 1000,
+    ) -> list[Recovered]:
+        """Put back to pending every live row whose attempt is presumed lost.
+
+        Lost means: dispatched, never started, before ``redispatch_before``
+        (a lost message; None leaves such rows alone, for while the broker
+        holds a backlog); started, with a heartbeat older than
+        ``heartbeat_before`` (a dead or stalled worker); or started before
+        ``stale_before`` (the seed's rule). A started row whose pair already
+        has an unstarted pending job is cancelled in favour of that job
+        instead, keeping one pending job per pair.
+        """
+
+    def delete_removable_jobs(
+        self, connection: Connection, *, now: datetime, failed_before: datetime, limit: int = 10_000
+    ) -> int:
+        """Delete up to ``limit`` rows that are due for removal; return how many.
+
+        Succeeded rows go once ``remove_at`` (finished + remove_delay) has
+        passed; failed and cancelled rows once they finished before
+        ``failed_before``. Rows that point to a deleted row keep living: the
+        foreign key sets their ``rescheduled_from_job`` to NULL.
+        """
+        removable = (
+            select(jobs_table.c.id)
+            .where(jobs_table.c.remove_at <= now)
+            .union_all(
+                select(jobs_table.c.id).where(
+                    jobs_table.c.success.is_(False) & (jobs_table.c.finished < failed_before)
+                )
+            )
+            .limit(limit)
+        )
+        result = connection.execute(delete(jobs_table).where(jobs_table.c.id.in_(removable)))
+        return result.rowcount
