@@ -17,6 +17,7 @@ in your own CELERY_CONFIG_MODULE) and it wins. Durations are in seconds.
 # broker_url = "sqla+sqlite:///worker_bridge-broker.sqlite3"
 # Zone in which cron expressions are evaluated (and Celery's own clock).
 # timezone = "UTC"
+# enable_utc = True
 
 # --- worker_bridge ---------------------------------------------------------------
 # A started, unfinished job older than this counts as pending again (the seed's hour).

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-import celeryconfig
+from worker_bridge.celery_app import CELERY_DEFAULTS
 
 #: The task every message names.
 TASK_NAME = "bench.bare.noop"
@@ -30,7 +30,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     timezone="UTC",
     enable_utc=True,
-    # Everything below is what worker_bridge runs its workers with (celeryconfig.py),
+    # Everything below is what worker_bridge runs its workers with (its defaults),
     # so that the two measurements differ only by the bridge.
     accept_content=["json"],
     task_serializer="json",
@@ -43,8 +43,8 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     # Time limits make the prefork pool arm a timer per task: same cost on both sides.
-    task_time_limit=celeryconfig.task_time_limit,
-    task_soft_time_limit=celeryconfig.task_soft_time_limit,
+    task_time_limit=CELERY_DEFAULTS["task_time_limit"],
+    task_soft_time_limit=CELERY_DEFAULTS["task_soft_time_limit"],
 )
 
 _client: redis.Redis | None = None

@@ -13,9 +13,7 @@
     │   ├── InvalidDelayError         (also ValueError/TypeError) negative or non-numeric delay
     │   └── InvalidCronError          (also ValueError) a cron string that cannot be parsed
     ├── PendingJobConflictError       another writer added a pending job of the pair first
-    ├── JobNotFoundError              (also LookupError) no row with that id
-    ├── JobModuleError                a job module that cannot be imported or has no run()
-    └── StaleAttemptError             a write from an attempt the table no longer recognises
+    └── JobModuleError                a job module that cannot be imported or has no run()
 
 Validation errors also subclass ValueError or TypeError so that callers who
 catch the built-in kind keep working.
@@ -73,17 +71,5 @@ class PendingJobConflictError(WorkerBridgeError):
     """
 
 
-class JobNotFoundError(WorkerBridgeError, LookupError):
-    """No worker_jobs row has the given id."""
-
-
 class JobModuleError(WorkerBridgeError):
     """A job module failed to import or does not define a callable run()."""
-
-
-class StaleAttemptError(WorkerBridgeError):
-    """A write carried an attempt token that is no longer the row's current one.
-
-    Raised when a worker that was presumed dead (and whose job was handed to
-    another attempt) tries to write its heartbeat, result or follow-up.
-    """

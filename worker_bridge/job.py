@@ -107,14 +107,14 @@ class Job:
         a batch or a dispatch. Timestamps come out in UTC, also from a driver
         row read in another session time zone.
         """
-        values = row if width is None else row[:width]
+        values = list(row if width is None else row[:width])
+        for index in _TIMESTAMP_POSITIONS:
+            value = values[index]
+            if value is not None and value.tzinfo is not UTC:
+                values[index] = value.astimezone(UTC)
         job: Job = _new(cls)
         for setter, value in zip(_SETTERS, values, strict=True):
             setter(job, value)
-        for name in _TIMESTAMPS:
-            value = getattr(job, name)
-            if value is not None and value.tzinfo is not UTC:
-                object.__setattr__(job, name, value.astimezone(UTC))
         return job
 
     @property
@@ -140,9 +140,12 @@ class Job:
 
 #: The names of a Job's fields, in the order ``from_row`` expects the columns.
 FIELDS: tuple[str, ...] = tuple(spec.name for spec in fields(Job))
-_TIMESTAMPS = (
-    "due", "started", "finished", "remove_at", "dispatched_at", "heartbeat", "created_at",
-    "updated_at",
+_TIMESTAMP_POSITIONS = tuple(
+    FIELDS.index(name)
+    for name in (
+        "due", "started", "finished", "remove_at", "dispatched_at", "heartbeat", "created_at",
+        "updated_at",
+    )
 )  # fmt: skip
 _new = object.__new__
 # Slot descriptors set a frozen instance's fields without its __setattr__ guard.

@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from worker_bridge.store.postgresql import (
-    _FINISH_WITH_FOLLOW_UP,
-    _LOCK_PAIRS,
-    _RECOVER_LOST,
-    _SUPERSEDE_AND_INSERT,
-    LOCK_PAIR,
-)
-from worker_bridge.store.schema import pair_lock_key
+from sqlalchemy.dialects import postgresql
 
-BUCKET = re.compile(r"\(hashtext\((\S+)\) # hashint4\((\S+)\)\) & :lock_mask")
+from worker_bridge.store import postgresql_recovery, postgresql_statements
+from worker_bridge.store.schema import PAIR_LOCK_BUCKETS
+
+BUCKET = re.compile(r"\(hashtext\((\S+?)\) # hashint4\((\S+?)\)\) & %\(lock_mask\)s")
+
+
+def _sql(statement: Any) -> str:
+    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
 
 
 def test_every_pair_lock_hashes_the_pair_the_same_way() -> None:
-    statements = {
-        "LOCK_PAIR": (LOCK_PAIR.text, (":type", ":user_id")),
-        "schedule_job": (str(_SUPERSEDE_AND_INSERT), (":type", ":user_id")),
-        "finish with follow-up": (str(_FINISH_WITH_FOLLOW_UP), (":type", ":user_id")),
-        "schedule_jobs": (_LOCK_PAIRS.text, ("type", "user_id")),
-        "recovery": (_RECOVER_LOST.text, ("w.type", "w.user_id")),
+    expected = {
+        "LOCK_PAIR": ["%(type)s", "%(user_id)s"],
+        "SUPERSEDE_AND_INSERT": ["%(type)s", "%(user_id)s"],
+        "FINISH_WITH_FOLLOW_UP": ["%(type)s", "%(user_id)s"],
+        "LOCK_PAIRS": ["x.type", "x.user_id"],
+        "RECOVER_LOST": ["worker_jobs.type", "worker_jobs.user_id"],
     }
-    for name, (sql, arguments) in statements.items():
-        assert BUCKET.findall(sql) == [arguments], name
-        assert ":lock_class" in sql, name
-
-
-def test_the_key_is_written_once() -> None:
-    assert BUCKET.fullmatch(pair_lock_key(":type", ":user_id"))
+    for name, arguments in expected.items():
+        module = postgresql_recovery if name == "RECOVER_LOST" else postgresql_statements
+        statement = getattr(module, name)
+        sql = _sql(statement)
+        assert [list(found) for found in BUCKET.findall(sql)] == [arguments], name
+        assert "lock_class" in sql, name
+        compiled = statement.compile(dialect=postgresql.psycopg.dialect())
+        assert compiled.params["lock_mask"] == PAIR_LOCK_BUCKETS - 1, name

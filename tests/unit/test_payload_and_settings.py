@@ -57,3 +57,24 @@ def test_settings_from_conf_reads_seconds_and_env() -> None:
 def test_bad_settings_are_named(conf: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_conf(conf, {})
+
+
+def test_celeryconfig_documents_every_default_with_its_value() -> None:
+    """celeryconfig.py lists every default (commented out) with the value that applies:
+    the defaults are declared once, in worker_bridge, and the documentation stays true."""
+    import re
+    from pathlib import Path
+
+    from worker_bridge.celery_app import CELERY_DEFAULTS
+    from worker_bridge.settings import conf_defaults
+
+    text = (Path(__file__).resolve().parents[2] / "celeryconfig.py").read_text()
+    documented = {
+        # The file's own constant expressions (7 * 24 * 3600), evaluated with no builtins.
+        key: eval(value, {"__builtins__": {}})
+        for key, value in re.findall(r"^# (\w+) = (.+)$", text, flags=re.M)
+    }
+    expected = {**conf_defaults(), **CELERY_DEFAULTS}
+    assert documented == expected
+    # And the module itself sets nothing: a key it set would win over the bridge's default.
+    assert not re.findall(r"^\w+ = ", text, flags=re.M)

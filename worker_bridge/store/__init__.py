@@ -6,7 +6,10 @@ engine. Nothing outside this package checks which database it talks to.
 
 - ``base``: the interface, and the queries both databases share;
 - ``postgresql``, ``sqlite``: one implementation each;
-- ``schema``: the table, its column order, the texts and the lock key both write;
+- ``postgresql_statements``, ``postgresql_recovery``: PostgreSQL's statements in
+  SQLAlchemy Core, each shared rule (pair lock, supersede, cancelled result) written once;
+- ``schema``: the table, its column order, the texts both write, the claim and the finish;
+- ``records``: what writes report back (``Recovered``, ``WrittenOutcome``);
 - ``reports``: read-only listing, lineage and statistics;
 - ``driver``: statements run on psycopg's own connection.
 """
@@ -18,8 +21,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from worker_bridge.errors import ConfigurationError
-from worker_bridge.store.base import Recovered, Store, WrittenOutcome
+from worker_bridge.store.base import Store
 from worker_bridge.store.postgresql import PostgreSQLStore
+from worker_bridge.store.records import Recovered, WrittenOutcome
 from worker_bridge.store.reports import JobStats, JobSummary, Lineage
 from worker_bridge.store.schema import cancellation_result
 from worker_bridge.store.sqlite import SQLiteStore

@@ -13,50 +13,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, delete, func, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 
-from worker_bridge.job import Job, JobState, NewJob
+from worker_bridge.job import Job, NewJob
 from worker_bridge.outcome import Outcome
 from worker_bridge.store import reports
-from worker_bridge.store.reports import JobStats, JobSummary, Lineage
+from worker_bridge.store.records import Recovered, WrittenOutcome
 from worker_bridge.store.schema import (
     CLAIM,
     FINISH,
     all_columns,
     cancellation_result,
+    finish_params,
     job_values,
     jobs_table,
 )
 from worker_bridge.wakeup import Waiter
-
-
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """A row taken back from an attempt presumed lost."""
-
-    job_id: int
-    type: str
-    user_id: int
-    #: Why the attempt was presumed lost (one of ``schema.LOST_MESSAGE``, ...).
-    reason: str
-    #: The pending job that superseded it, when it was cancelled instead of reset.
-    cancelled_by: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class WrittenOutcome:
-    """What :meth:`Store.write_outcome` did."""
-
-    #: False when the attempt was no longer the row's current one: nothing written.
-    written: bool
-    #: The follow-up row inserted with the result, if any.
-    follow_up: Job | None = None
-
 
 #: The live, dispatched, unstarted rows: their messages wait in the broker.
 _IN_FLIGHT = (
@@ -124,29 +100,12 @@ class Store(ABC):
         )
         return [Job.from_row(row) for row in rows]
 
-    def list_jobs(
-        self,
-        connection: Connection,
-        *,
-        job_type: str | None = None,
-        user_id: int | None = None,
-        status: JobState | None = None,
-        limit: int = 50,
-    ) -> list[JobSummary]:
-        """Up to ``limit`` rows matching every filter given, newest (highest id) first."""
-        return reports.list_jobs(
-            connection, job_type=job_type, user_id=user_id, status=status, limit=limit
-        )
-
-    def job_lineage(
-        self, connection: Connection, job_id: int, *, limit: int = reports.LINEAGE_LIMIT
-    ) -> Lineage:
-        """The chain of ``job_id`` through ``rescheduled_from_job``, ``limit`` rows each way."""
-        return reports.job_lineage(connection, job_id, limit=limit)
-
-    def job_stats(self, connection: Connection) -> JobStats:
-        """Counts by type and status, and the pending row due the longest."""
-        return reports.job_stats(connection)
+    #: Up to ``limit`` rows matching every filter given, newest (highest id) first.
+    list_jobs = staticmethod(reports.list_jobs)
+    #: The chain of a job through ``rescheduled_from_job``, ``limit`` rows each way.
+    job_lineage = staticmethod(reports.job_lineage)
+    #: Counts by type and status, and the pending row due the longest.
+    job_stats = staticmethod(reports.job_stats)
 
     def describe_refusal(self, connection: Connection, job_id: int, token: str) -> str:
         """Why row ``job_id`` refused attempt ``token`` (for the one log line)."""
@@ -363,14 +322,9 @@ class Store(ABC):
         Refused when the attempt is no longer the row's current one (recovered
         and sent again, or cancelled meanwhile).
         """
-        params = {
-            "job_id": job_id,
-            "token": token,
-            "now": now,
-            "succeeded": success,
-            "outcome": result,
-            "removable_at": remove_at,
-        }
+        params = finish_params(
+            job_id, token, now=now, success=success, result=result, remove_at=remove_at
+        )
         return connection.execute(FINISH, params).rowcount == 1
 
     @abstractmethod

@@ -2,7 +2,8 @@
 
 Each rule the two implementations both apply is written here once: the
 columns a row is read with, the values a new row is written with, the
-messages of a cancelled row, and the expression of the pair lock's key.
+messages of a cancelled row, and the pair lock's constants (its key is
+``postgresql_statements.pair_lock_key``).
 """
 
 from __future__ import annotations
@@ -71,17 +72,6 @@ def job_values(job: NewJob) -> dict[str, Any]:
 PAIR_LOCK_BUCKETS = 1024
 #: First key of worker_bridge's two-key advisory locks, kept apart from an application's.
 PAIR_LOCK_CLASS = 0x776A6273
-#: The parameters every statement that locks a pair binds.
-PAIR_LOCK_KEYS = {"lock_class": PAIR_LOCK_CLASS, "lock_mask": PAIR_LOCK_BUCKETS - 1}
-
-
-def pair_lock_key(job_type: str, user_id: str) -> str:
-    """The SQL of a pair's lock key (its second key) for these two SQL expressions.
-
-    The only place the hash is written: every statement that locks a pair
-    builds its key here, so two writers of one pair always meet on one lock.
-    """
-    return f"(hashtext({job_type}) # hashint4({user_id})) & :lock_mask"
 
 
 # The worker's claim. "Neither started nor finished" is not written as two
@@ -122,3 +112,17 @@ FINISH = (
         updated_at=bindparam("now", type_=UTCDateTime),
     )
 )
+
+
+def finish_params(
+    job_id: int, token: str, *, now: Any, success: bool, result: Any, remove_at: Any
+) -> dict[str, Any]:
+    """The parameters of :data:`FINISH` (and of the finish with a follow-up)."""
+    return {
+        "job_id": job_id,
+        "token": token,
+        "now": now,
+        "succeeded": success,
+        "outcome": result,
+        "removable_at": remove_at,
+    }

@@ -22,7 +22,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from worker_bridge.job import Job, NewJob
 from worker_bridge.outcome import Outcome
 from worker_bridge.payload import json_dumps
-from worker_bridge.store.base import Recovered, Store, WrittenOutcome
+from worker_bridge.store.base import Store
+from worker_bridge.store.records import Recovered, WrittenOutcome
 from worker_bridge.store.schema import (
     LOST_AND_SUPERSEDED,
     LOST_HEARTBEAT,
