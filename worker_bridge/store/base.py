@@ -149,7 +149,8 @@ class Store(ABC):
     ) -> list[Job]:  # fmt: skip
         """Insert ``jobs`` as if each were passed to ``supersede_and_insert`` in turn.
 
-        Returns the rows in the order of ``jobs``.
+        Returns the rows as stored (a job superseded by a later one of the
+        batch comes back cancelled), in the order of ``jobs``.
         """
 
     def insert_unless_live(

@@ -247,7 +247,7 @@ def _lock_pairs() -> Any:
     buckets = select(pair_lock_key(keys.c.type, keys.c.user_id).label("bucket")).distinct()
     k = buckets.subquery("k")
     lock_class = bindparam("lock_class", PAIR_LOCK_CLASS, type_=Integer)
-    return select(func.pg_advisory_xactpair_lock(lock_class, k.c.bucket)).order_by(k.c.bucket)
+    return select(func.pg_advisory_xact_lock(lock_class, k.c.bucket)).order_by(k.c.bucket)
 
 
 LOCK_PAIRS = _lock_pairs()
@@ -271,6 +271,7 @@ def _insert_batch() -> Any:
             column("auto_reschedule_on_failure", Boolean),
             column("auto_reschedule_on_failure_delay", BigInteger),
             column("remove_delay", BigInteger),
+            column("rescheduled_from_job", BigInteger),
         )
         .render_derived(name="i", with_types=True)
     )
@@ -297,6 +298,7 @@ def _insert_batch() -> Any:
             batch.c.auto_reschedule_on_failure,
             batch.c.auto_reschedule_on_failure_delay,
             batch.c.remove_delay,
+            batch.c.rescheduled_from_job,
             case((superseded, cast(now_param(), when_superseded))),
             case((superseded, cast(now_param(), when_superseded))),
             case((superseded, false())),
@@ -309,7 +311,7 @@ def _insert_batch() -> Any:
     )
     columns = [
         "id",
-        *_NEW_ROW[:-1],
+        *_NEW_ROW,
         "started",
         "finished",
         "success",

@@ -155,10 +155,12 @@ class SQLiteStore(Store):
         self, connection: Connection, jobs: Sequence[NewJob], *, now: datetime,
         stale_before: datetime,
     ) -> list[Job]:  # fmt: skip
-        return [
-            self._supersede_and_insert(connection, job, now=now, stale_before=stale_before)
+        ids = [
+            self._supersede_and_insert(connection, job, now=now, stale_before=stale_before).id
             for job in jobs
         ]
+        # As stored: a job a later one of the batch superseded comes back cancelled.
+        return self.get_jobs(connection, ids)
 
     def claim_due_jobs(self, connection: Connection, *, now: datetime, limit: int) -> list[Job]:
         ids = connection.execute(
