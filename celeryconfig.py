@@ -37,6 +37,9 @@ in your own CELERY_CONFIG_MODULE) and it wins. Durations are in seconds.
 # Most jobs sent to the broker and not yet started at once; a larger backlog waits
 # in the table, so the broker never holds more than this (nor Redis's memory).
 # worker_bridge_max_in_flight = 5000
+# How long schedule_job, the CLI and the dispatcher keep retrying while the database is
+# unreachable (a restart, a failover), before they raise DatabaseUnavailableError.
+# worker_bridge_reconnect_patience = 10
 # Largest job data accepted by schedule_job, in bytes of JSON.
 # worker_bridge_max_data_bytes = 1024 * 1024
 # Largest run() result stored, in bytes of JSON; a larger one fails the job.

@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-
-from sqlalchemy.exc import DBAPIError
+from typing import Any
 
 from worker_bridge.bridge import BridgeApp
+from worker_bridge.errors import DatabaseUnavailableError
 from worker_bridge.job import Job
 from worker_bridge.outcome import FollowUpReason, Outcome, decide_outcome, error_result
 from worker_bridge.params import JobParams, job_logger
@@ -31,7 +30,6 @@ from worker_bridge.worker_process import WorkerProcess
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Clock = Callable[[], datetime]
 
 #: Longest a claim waits for a dispatcher's transaction to end (ms).
@@ -88,7 +86,7 @@ class Attempt:
     def execute(self) -> AttemptReport:
         """Claim, run and write the outcome; what a task does with its message."""
         patience = self.bridge.settings.redispatch_after.total_seconds() / 2
-        job = with_db_retry(self.bridge, f"claiming job {self.job_id}", self.claim, patience)
+        job = self.bridge.reconnecting(f"claiming job {self.job_id}", self.claim, patience)
         if job is None:
             return AttemptReport()
         if job.type != self.job_type:
@@ -208,13 +206,12 @@ def write_outcome(
             )  # fmt: skip
 
     try:
-        written = with_db_retry(
-            bridge,
+        written = bridge.reconnecting(
             f"writing the result of job {job.id}",
             write,
             bridge.settings.heartbeat_timeout.total_seconds(),
         )
-    except DBAPIError:
+    except DatabaseUnavailableError:
         logger.exception(
             "job %s: result NOT written, the database stayed unreachable; the job "
             "will run again once its heartbeat expires",
@@ -256,23 +253,3 @@ def record_hard_timeout(
         max_result_bytes=bridge.settings.max_result_bytes,
     )
     return write_outcome(process, job, token, outcome, clock=clock)
-
-
-def with_db_retry(bridge: BridgeApp, what: str, work: Callable[[], T], patience: float) -> T:
-    """Run ``work``, retrying for up to ``patience`` seconds while the database is unreachable."""
-    deadline = time.monotonic() + patience
-    delay = 0.1
-    while True:
-        try:
-            return work()
-        except DBAPIError as exc:
-            if not bridge.store.is_disconnect(exc) or time.monotonic() + delay > deadline:
-                raise
-            logger.warning(
-                "%s: database unreachable (%s); retrying in %.1fs",
-                what,
-                str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
-                delay,
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)

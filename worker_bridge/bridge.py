@@ -13,21 +13,30 @@ child is dropped (without closing the parent's sockets) and built anew there.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker_bridge.db import create_session_factory
+from worker_bridge.db import create_session_factory, safe_url
+from worker_bridge.errors import DatabaseUnavailableError
 from worker_bridge.loader import JobRegistry
 from worker_bridge.settings import Settings
 from worker_bridge.store import Store, store_for
 
 if TYPE_CHECKING:
     from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,51 @@ class BridgeApp:
             celery=celery,
             autocommit_engine=store.autocommit_engine(engine, **engine_options),
         )
+
+    def reconnecting(self, what: str, work: Callable[[], T], patience: float | None = None) -> T:
+        """Run ``work``, running it again while the database cannot be reached.
+
+        Only a lost or refused connection is retried (``Store.is_disconnect``):
+        the dead connection is dropped with the rest of the pool, and the next
+        try takes a new one, at once, then after growing pauses. Call it only
+        for work that is safe to run twice (see the README: a lost reply may
+        hide a commit). After ``patience`` seconds (default
+        ``settings.reconnect_patience``) it raises DatabaseUnavailableError,
+        naming the database with its password masked.
+        """
+        if patience is None:
+            patience = self.settings.reconnect_patience.total_seconds()
+        deadline = time.monotonic() + patience
+        delay = 0.0
+        tries = 0
+        while True:
+            try:
+                return work()
+            except DBAPIError as exc:
+                if not self.store.is_disconnect(exc):
+                    raise
+                tries += 1
+                reason = str(exc.orig or exc).strip().splitlines()[0]
+                # The first retry is immediate, whatever the patience: a
+                # connection that died idle in the pool needs nothing more.
+                remaining = deadline - time.monotonic()
+                if tries > 1 and remaining <= 0:
+                    where = safe_url(self.settings.database_url)
+                    raise DatabaseUnavailableError(
+                        f"cannot reach the database at {where} ({what}; tried {tries} times "
+                        f"in {patience:g} s, worker_bridge_reconnect_patience): {reason}"
+                    ) from exc
+                pause = min(delay, max(remaining, 0.0))
+                # The immediate retry is routine after a restart: no warning for it.
+                logger.log(
+                    logging.INFO if tries == 1 else logging.WARNING,
+                    "%s: database unreachable (%s); retrying in %.1fs",
+                    what,
+                    reason,
+                    pause,
+                )
+                time.sleep(pause)
+                delay = min(max(delay * 2, 0.1), 5.0)
 
     def dispose(self, close: bool = True) -> None:
         """Close the engines' pooled connections (``close=False``: forget them, after a fork)."""

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from worker_bridge.attempt import Clock, utcnow
 from worker_bridge.bridge import BridgeApp
+from worker_bridge.errors import DatabaseUnavailableError
 from worker_bridge.job import Job
 from worker_bridge.maintenance import REMOVAL_JOB, JobRecovery, JobRemoval
 from worker_bridge.store import Recovered
@@ -143,6 +144,20 @@ class Dispatcher:
         with self.bridge.engine.connect() as connection:
             report.next_due = store.next_due(connection)
         return report
+
+    def pass_once(self) -> float:
+        """One pass at the clock's now, through database blips; seconds until the next.
+
+        A pass is safe to run again after a lost connection (what it sent is
+        committed per batch, and the rest is recomputed), so a connection that
+        died idle in the pool costs a retry, not a failed pass.
+        """
+        report = self.bridge.reconnecting(
+            "dispatcher pass",
+            lambda: self.run_once(self.clock()),
+            self.bridge.settings.max_interval.total_seconds(),
+        )
+        return self.seconds_until_next_pass(report, self.clock())
 
     def dispatch_batch(self, now: datetime, limit: int) -> tuple[list[Job], list[Job]]:
         """Claim, publish and commit one batch; return (sent, failed as unsendable)."""
@@ -266,12 +281,11 @@ class DispatcherScheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         dispatcher = self.dispatcher
         try:
-            report = dispatcher.run_once(dispatcher.clock())
-            wait = dispatcher.seconds_until_next_pass(report, dispatcher.clock())
-        except DBAPIError as exc:
-            logger.error(
-                "dispatcher pass failed, retrying: %s", str(exc.orig or exc).strip().splitlines()[0]
-            )
+            wait = dispatcher.pass_once()
+        except (DBAPIError, DatabaseUnavailableError) as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+            first_line = str(reason).strip().splitlines()[0]
+            logger.error("dispatcher pass failed, retrying: %s", first_line)
             wait = 1.0
         except Exception:
             # The broker may be down (publishing failed): the batch rolled back.

@@ -13,6 +13,7 @@
     │   ├── InvalidDelayError         (also ValueError/TypeError) negative or non-numeric delay
     │   └── InvalidCronError          (also ValueError) a cron string that cannot be parsed
     ├── PendingJobConflictError       another writer added a pending job of the pair first
+    ├── DatabaseUnavailableError      the database stayed unreachable past the reconnect patience
     └── JobModuleError                a job module that cannot be imported or has no run()
 
 Validation errors also subclass ValueError or TypeError so that callers who
@@ -68,6 +69,14 @@ class PendingJobConflictError(WorkerBridgeError):
     Only raised by writes that skip the per-pair lock (single-statement,
     autocommit scheduling), which then retry: the next attempt cancels the
     other writer's job, as if the two had been serialised.
+    """
+
+
+class DatabaseUnavailableError(WorkerBridgeError):
+    """The database could not be reached within ``worker_bridge_reconnect_patience``.
+
+    The message names the database (password masked) and the last error; the
+    driver's error is the ``__cause__``.
     """
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from worker_bridge.bridge import BridgeApp, get_bridge
@@ -113,13 +114,21 @@ def schedule_jobs(
         except InvalidJobError as exc:
             raise type(exc)(f"configs[{index}]: {exc}") from exc
     stale_before = now - bridge.settings.stale_after
-    return in_transaction(
-        bridge,
-        session,
-        lambda conn: bridge.store.supersede_and_insert_many(
-            conn, new_jobs, now=now, stale_before=stale_before
-        ),
-    )
+
+    def write() -> list[Job]:
+        return in_transaction(
+            bridge,
+            session,
+            lambda conn: bridge.store.supersede_and_insert_many(
+                conn, new_jobs, now=now, stale_before=stale_before
+            ),
+        )
+
+    if session is not None:
+        return write()
+    # Safe to run again after a lost connection, even one that lost only the
+    # reply to a committed batch: the second batch supersedes the first.
+    return bridge.reconnecting(f"scheduling {len(new_jobs)} jobs", write)
 
 
 def _schedule(
@@ -133,7 +142,12 @@ def _schedule(
     new_job = build_new_job(config, cron, now=now, bridge=bridge)
     stale_before = now - bridge.settings.stale_after
     if session is None:
-        job = _insert_optimistically(bridge, new_job, now=now, stale_before=stale_before)
+        # Safe to run again after a lost connection, even one that lost only
+        # the reply to a committed insert: the second job supersedes the first.
+        job = bridge.reconnecting(
+            f"scheduling a {new_job.type} job for user {new_job.user_id}",
+            lambda: _insert_optimistically(bridge, new_job, now=now, stale_before=stale_before),
+        )
     else:
         job = in_transaction(
             bridge,
@@ -182,17 +196,33 @@ def _insert_optimistically(
 def in_transaction(
     bridge: BridgeApp, session: SessionLike | None, work: Callable[[Connection], T]
 ) -> T:
-    """Run ``work`` on the caller's connection, or in a transaction of our own."""
+    """Run ``work`` on the caller's connection, or in a transaction of our own.
+
+    On the caller's connection nothing is retried: the transaction is the
+    caller's. A lost connection keeps its SQLAlchemy error, with a note that
+    says so.
+    """
     if session is None:
         with bridge.engine.begin() as connection:
             return work(connection)
     if isinstance(session, Session):
-        return work(session.connection())
-    if isinstance(session, Connection):
-        return work(session)
-    raise TypeError(
-        f"session must be a SQLAlchemy Session or Connection, got {type(session).__name__}"
-    )
+        connection = session.connection()
+    elif isinstance(session, Connection):
+        connection = session
+    else:
+        raise TypeError(
+            f"session must be a SQLAlchemy Session or Connection, got {type(session).__name__}"
+        )
+    try:
+        return work(connection)
+    except DBAPIError as exc:
+        if bridge.store.is_disconnect(exc):
+            exc.add_note(
+                "worker_bridge: the connection of the session passed to the scheduling "
+                "API was lost (the database restarted or ended it); the transaction is "
+                "yours, so nothing was retried: roll it back and run it again"
+            )
+        raise
 
 
 def build_new_job(

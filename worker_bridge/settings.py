@@ -62,6 +62,9 @@ class Settings:
     max_interval: timedelta = field(default=timedelta(seconds=5), metadata=_CONF)
     #: Most rows sent and not yet started at once; the backlog beyond waits in the table.
     max_in_flight: int = field(default=5000, metadata=_CONF)
+    #: How long an operation keeps retrying while the database is unreachable
+    #: (a restart, a failover) before it raises DatabaseUnavailableError.
+    reconnect_patience: timedelta = field(default=timedelta(seconds=10), metadata=_CONF)
     #: Largest serialized ``data`` accepted by the scheduling API, in bytes.
     max_data_bytes: int = field(default=1024 * 1024, metadata=_CONF)
     #: Largest serialized ``result`` stored; a larger one fails the job.

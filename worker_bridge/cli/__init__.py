@@ -151,6 +151,20 @@ def _fail(message: str, url: str | None = None) -> int:
     return 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    if handler is cmd_demo:
+        return handler(args)
+    # A pooled connection that died idle (the database restarted) is replaced
+    # and the command runs again, once, at once: an operator's command should
+    # not wait out an outage, and every command is safe to run twice (reads,
+    # an idempotent upgrade, a cancel that then reports the row as finished,
+    # and schedule_job, which retries by itself).
+    return get_bridge().reconnecting(
+        f"worker-bridge {args.command}", lambda: handler(args), patience=0
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a command; errors become one line on stderr and exit code 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -158,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.handler(args)
+        code: int = _run(args)
         sys.stdout.flush()  # here, so that a closed pipe is caught below
     except OperationalError as exc:
         url = _bridge_url()

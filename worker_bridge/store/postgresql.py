@@ -44,6 +44,10 @@ from worker_bridge.store.schema import (
 from worker_bridge.wakeup import ListenWaiter, Waiter
 
 _ONE_PENDING_INDEX = "uq_worker_jobs_one_pending"
+#: SQLSTATEs besides class 08 (connection exception) that a new connection may
+#: cure: admin_shutdown (a restart, pg_terminate_backend), crash_shutdown,
+#: cannot_connect_now (starting up), too_many_connections.
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 #: Single-statement tries before a write that met a concurrent writer gives up.
 _OPTIMISTIC_TRIES = 5
 
@@ -109,9 +113,15 @@ class PostgreSQLStore(Store):
         return ListenWaiter(engine)
 
     def is_disconnect(self, error: DBAPIError) -> bool:
-        return error.connection_invalidated or isinstance(
-            error.orig, psycopg.OperationalError | psycopg.InterfaceError
-        )
+        if error.connection_invalidated:
+            return True
+        if not isinstance(error.orig, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        # No SQLSTATE: the client found the socket refused or closed. Otherwise
+        # only the server's "connection lost or refused for now" codes; a lock
+        # timeout or a missing database will not come back by retrying.
+        sqlstate = getattr(error.orig, "sqlstate", None)
+        return sqlstate is None or sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
 
     def lock_pair(self, connection: Connection, job_type: str, user_id: int) -> None:
         connection.execute(LOCK_PAIR, {"type": job_type, "user_id": user_id})
