@@ -25,9 +25,11 @@ in your own CELERY_CONFIG_MODULE) and it wins. Durations are in seconds.
 # How long failed and cancelled rows are kept before remove_old_worker_jobs deletes them.
 # worker_bridge_failed_retention = 7 * 24 * 3600
 # How often a worker refreshes the heartbeat of a running job.
-# worker_bridge_heartbeat_interval = 5
+# worker_bridge_heartbeat_interval = 3
 # A running job whose heartbeat is older than this is run again (its worker died).
-# worker_bridge_heartbeat_timeout = 60
+# A process stalled longer than this (a suspended VM, a long pause) has its job run
+# again elsewhere; its own late writes are refused.
+# worker_bridge_heartbeat_timeout = 15
 # A dispatched job that no worker started within this long is sent again (lost message).
 # worker_bridge_redispatch_after = 60
 # Most rows the dispatcher moves to the broker in one transaction.
@@ -40,6 +42,9 @@ in your own CELERY_CONFIG_MODULE) and it wins. Durations are in seconds.
 # How long schedule_job, the CLI and the dispatcher keep retrying while the database is
 # unreachable (a restart, a failover), before they raise DatabaseUnavailableError.
 # worker_bridge_reconnect_patience = 10
+# RabbitMQ's consumer_timeout as your rabbitmq.conf sets it (RabbitMQ's default is 30
+# minutes): a worker on RabbitMQ warns at start when task_time_limit outlasts it.
+# worker_bridge_broker_consumer_timeout = 1800
 # Largest job data accepted by schedule_job, in bytes of JSON.
 # worker_bridge_max_data_bytes = 1024 * 1024
 # Largest run() result stored, in bytes of JSON; a larger one fails the job.
@@ -65,6 +70,10 @@ in your own CELERY_CONFIG_MODULE) and it wins. Durations are in seconds.
 # `celery -A worker_bridge beat` (or `worker -B`) runs the dispatcher.
 # beat_scheduler = "worker_bridge.dispatcher:DispatcherScheduler"
 # broker_connection_retry_on_startup = True
+# A lost broker connection leaves running jobs running: their rows are claimed, so the
+# redelivered messages are refused (cancelling would rerun every long job each time a
+# channel closes, e.g. at RabbitMQ's consumer_timeout).
+# worker_cancel_long_running_tasks_on_connection_loss = False
 # Hard and soft time limits of one job, in seconds. Keep the hard limit below
 # worker_bridge_stale_after, or a job still running would be started again.
 # task_time_limit = 3300

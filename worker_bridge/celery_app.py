@@ -54,6 +54,10 @@ CELERY_DEFAULTS: dict[str, Any] = {
     "task_send_sent_event": True,
     "beat_scheduler": "worker_bridge.dispatcher:DispatcherScheduler",
     "broker_connection_retry_on_startup": True,
+    # A lost broker connection leaves running jobs running (Celery 6 will cancel
+    # them): their rows are claimed, so the redelivered messages are refused, and
+    # cancelling would rerun every long job each time a channel closes.
+    "worker_cancel_long_running_tasks_on_connection_loss": False,
     # Hard and soft time limits of one job, in seconds. Keep the hard limit
     # below worker_bridge_stale_after, or a job still running would be started again.
     "task_time_limit": 3300,
@@ -137,9 +141,16 @@ def create_celery_app(config_module: str | None = None) -> BridgeCelery:
     celery = BridgeCelery("worker_bridge")
     celery.config_from_object(source)
     celery.add_defaults({key: value for key, value in CELERY_DEFAULTS.items() if key not in user})
-    if str(celery.conf.broker_url or "").startswith("sqla+sqlite") and not (
-        celery.conf.broker_transport_options
-    ):
+    broker = str(celery.conf.broker_url or "")
+    if _is_amqp(broker) and "confirm_publish" not in (celery.conf.broker_transport_options or {}):
+        # Publisher confirms: the dispatcher commits a row as sent only once the
+        # broker has taken its message (a publish the broker refuses or loses
+        # raises, and the batch rolls back to pending).
+        celery.conf.broker_transport_options = {
+            **(celery.conf.broker_transport_options or {}),
+            "confirm_publish": True,
+        }
+    if broker.startswith("sqla+sqlite") and not (celery.conf.broker_transport_options):
         # kombu's SQLAlchemy transport reads a message, then deletes it, in a
         # deferred SQLite transaction: with a worker and a dispatcher in two
         # processes, the upgrade to a write lock fails at once ("database is
@@ -154,6 +165,7 @@ def create_celery_app(config_module: str | None = None) -> BridgeCelery:
         # Application code that only schedules jobs may not have the package.
         logger.warning("no job tasks registered: %s", exc)
     signals.worker_process_init.connect(celery.on_pool_process_start, weak=False)
+    signals.celeryd_init.connect(functools.partial(warn_of_consumer_timeout, celery), weak=False)
     for started in (signals.celeryd_init, signals.beat_init):
         started.connect(functools.partial(declare_embedded_queue, celery), weak=False)
     return celery
@@ -196,6 +208,51 @@ def declare_embedded_queue(app: Celery, sender: Any = None, **kwargs: Any) -> No
     # this: no SQLite connection may cross a fork, and kombu keeps its engines
     # in a class-level cache.
     _forget_kombu_engines()
+
+
+def _is_amqp(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def consumer_timeout_problem(app: Celery) -> str | None:
+    """Why the app's time limits outlast RabbitMQ's consumer_timeout, or None.
+
+    RabbitMQ (3.8.15 and later) closes a consumer's channel when a delivery
+    stays unacknowledged longer than ``consumer_timeout``; with
+    ``task_acks_late`` a job's message is acknowledged when the job ends.
+    The broker's value cannot be read over AMQP: it is RabbitMQ's documented
+    default (30 minutes) unless ``worker_bridge_broker_consumer_timeout`` says
+    what rabbitmq.conf sets.
+    """
+    if not _is_amqp(str(app.conf.broker_url or "")):
+        return None
+    timeout = Settings.from_conf(app.conf).broker_consumer_timeout.total_seconds()
+    limit = app.conf.task_time_limit or app.conf.task_soft_time_limit
+    if limit is None or float(limit) <= timeout:
+        return None
+    where = (
+        "worker_bridge_broker_consumer_timeout"
+        if app.conf.get("worker_bridge_broker_consumer_timeout") is not None
+        else "RabbitMQ's default; set worker_bridge_broker_consumer_timeout if rabbitmq.conf "
+        "changes it"
+    )
+    return (
+        f"task_time_limit ({float(limit):g} s) is longer than RabbitMQ's consumer_timeout "
+        f"({timeout:g} s, {where}): a job that runs longer makes RabbitMQ close its "
+        "worker's channel. The job still runs once (its redelivered message is refused), "
+        "but the worker reconnects and its other unacknowledged messages are redelivered. "
+        f"Set 'consumer_timeout = {int(float(limit) * 1000) + 60_000}' (milliseconds) in "
+        "rabbitmq.conf, or a shorter task_time_limit."
+    )
+
+
+def warn_of_consumer_timeout(app: Celery, sender: Any = None, **kwargs: Any) -> None:
+    """``celeryd_init``: log :func:`consumer_timeout_problem` when a worker of ``app`` starts."""
+    if not _is_starting(app, kwargs.get("instance")):
+        return
+    problem = consumer_timeout_problem(app)
+    if problem is not None:
+        logger.warning("worker_bridge: %s", problem)
 
 
 def _is_starting(app: Celery, service: object) -> bool:

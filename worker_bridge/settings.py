@@ -51,9 +51,12 @@ class Settings:
     #: How long failed and cancelled rows are kept before removal.
     failed_retention: timedelta = field(default=timedelta(days=7), metadata=_CONF)
     #: How often a worker refreshes the heartbeat of the jobs it runs.
-    heartbeat_interval: timedelta = field(default=timedelta(seconds=5), metadata=_CONF)
-    #: A running job whose heartbeat is older than this is run again.
-    heartbeat_timeout: timedelta = field(default=timedelta(seconds=60), metadata=_CONF)
+    heartbeat_interval: timedelta = field(default=timedelta(seconds=3), metadata=_CONF)
+    #: A running job whose heartbeat is older than this is run again. Short, so
+    #: that a dead worker's jobs run again within seconds; a process stalled
+    #: longer (a suspended VM, a long pause) has its job run again elsewhere,
+    #: and its own late writes refused.
+    heartbeat_timeout: timedelta = field(default=timedelta(seconds=15), metadata=_CONF)
     #: A dispatched job not started within this long is sent again.
     redispatch_after: timedelta = field(default=timedelta(seconds=60), metadata=_CONF)
     #: Most rows the dispatcher moves to the broker in one transaction.
@@ -65,6 +68,9 @@ class Settings:
     #: How long an operation keeps retrying while the database is unreachable
     #: (a restart, a failover) before it raises DatabaseUnavailableError.
     reconnect_patience: timedelta = field(default=timedelta(seconds=10), metadata=_CONF)
+    #: RabbitMQ's ``consumer_timeout`` as rabbitmq.conf sets it (its default, 30
+    #: minutes, otherwise): a worker warns at start when a time limit outlasts it.
+    broker_consumer_timeout: timedelta = field(default=timedelta(minutes=30), metadata=_CONF)
     #: Largest serialized ``data`` accepted by the scheduling API, in bytes.
     max_data_bytes: int = field(default=1024 * 1024, metadata=_CONF)
     #: Largest serialized ``result`` stored; a larger one fails the job.

@@ -13,10 +13,15 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker.request import Request
+from kombu.exceptions import ContentDisallowed
 
-from worker_bridge.attempt import Attempt, record_hard_timeout
+from worker_bridge.attempt import Attempt, record_hard_timeout, utcnow
+from worker_bridge.maintenance import JobRecovery
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,13 +64,22 @@ def job_strategy(task: JobTask, app: Celery, consumer: Any, **options: Any) -> A
     def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
         try:
             valid = _is_protocol2_body(message.payload)
+            problem = "malformed message body (expected [args, kwargs, embed])"
+        except ContentDisallowed:
+            valid = False
+            problem = (
+                f"content type {message.content_type!r} is not in accept_content "
+                f"{sorted(app.conf.accept_content)!r}"
+            )
         except Exception:
             valid = False
+            problem = "malformed message body (it does not decode)"
         if not valid:
             logger.error(
-                "task %s[%s]: refused: malformed message body (expected [args, kwargs, embed])",
+                "task %s[%s]: refused: %s; dropped without running anything",
                 task.name,
                 (message.headers or {}).get("id"),
+                problem,
             )
             message.reject(requeue=False)
             return None
@@ -74,10 +88,56 @@ def job_strategy(task: JobTask, app: Celery, consumer: Any, **options: Any) -> A
     return guarded
 
 
+class JobRequest(Request):  # type: ignore[misc]
+    """Celery's request of a job's message, which hands a lost pool process's job back.
+
+    When the pool process running a job dies (SIGKILL, the OOM killer, a
+    segfault in an extension), the worker's main process learns it at once
+    and calls :meth:`on_failure` with ``WorkerLostError``; Celery then
+    requeues the message (``task_reject_on_worker_lost``). The row, though,
+    still shows the dead attempt as running, so the redelivered message would
+    be refused and the job would wait out ``heartbeat_timeout``. Instead the
+    row goes back to pending here, under the dead attempt's token (a later
+    attempt is never touched), and the dispatchers are woken to send it again
+    under a new token; the redelivered message then finds an outdated token
+    and is dropped. So the job runs again within seconds, and still once at a time.
+    """
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        cancelled = getattr(self, "_already_cancelled", False)
+        if _is_worker_lost(exc_info.exception) and not (cancelled or self._already_revoked):
+            _recover_lost_attempt(self)
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
+
+
+def _is_worker_lost(exc: BaseException) -> bool:
+    if isinstance(exc, ExceptionWithTraceback):
+        exc = exc.exc
+    # Billiard reports a child that exited as SystemExit before WorkerLostError.
+    return isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
+
+
+def _recover_lost_attempt(request: Request) -> None:
+    job_id = (request.kwargs or {}).get("job_id")
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        return
+    try:
+        recovery = JobRecovery(request.task.app.bridge)
+        recovery.recover_attempt(job_id, request.id, utcnow())
+    except Exception:
+        # The heartbeat's timeout still recovers the job; the worker must live on.
+        logger.exception("job %s: its pool process died; could not put it back at once", job_id)
+
+
 class JobTask(Task):  # type: ignore[misc]
     """Base class of the ``jobs.<type>`` tasks."""
 
     Strategy = "worker_bridge.tasks:job_strategy"
+    Request = "worker_bridge.tasks:JobRequest"
 
     #: Set by :func:`register_job_tasks`.
     job_type: str = ""

@@ -40,7 +40,7 @@ def test_settings_from_conf_reads_seconds_and_env() -> None:
     assert settings.timezone == "Europe/Paris"
     assert settings.max_in_flight == 7
     assert settings.database_url == "sqlite:///x.db" and settings.jobs_package == "my_jobs"
-    assert settings.heartbeat_timeout == timedelta(seconds=60)
+    assert settings.heartbeat_timeout == timedelta(seconds=15)  # the default
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import IntegrityError
 
@@ -24,11 +24,18 @@ logger = logging.getLogger(__name__)
 #: Counts the messages waiting in the broker's job queues; None when it cannot say.
 BacklogProbe = Callable[[], int | None]
 
+#: A cut-off no row is older than: it switches a rule off.
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _no_backlog_probe() -> int | None:
+    return None
+
 
 class JobRecovery:
     """The recovery service of one bridge."""
 
-    def __init__(self, bridge: BridgeApp, backlog: BacklogProbe) -> None:
+    def __init__(self, bridge: BridgeApp, backlog: BacklogProbe = _no_backlog_probe) -> None:
         self.bridge = bridge
         self.backlog = backlog
         settings = bridge.settings
@@ -57,17 +64,44 @@ class JobRecovery:
             # snapshot and our lock; that row is recovered on the next pass.
             logger.info("recovery raced with a scheduler; retrying on the next pass")
             return []
-        for item in recovered:
-            if item.cancelled_by is None:
-                logger.warning(
-                    "job %s (%s, user %s) recovered, will run again: %s",
-                    item.job_id, item.type, item.user_id, item.reason,
-                    extra={"job_id": item.job_id, "reason": item.reason},
-                )  # fmt: skip
-            else:
-                logger.warning(
-                    "job %s (%s, user %s) recovered (%s) and cancelled: job %s is already pending",
-                    item.job_id, item.type, item.user_id, item.reason, item.cancelled_by,
-                    extra={"job_id": item.job_id},
-                )  # fmt: skip
+        _log(recovered)
         return recovered
+
+    def recover_attempt(self, job_id: int, token: str, now: datetime) -> list[Recovered]:
+        """Take back at once the running attempt ``token`` of row ``job_id``, reported lost.
+
+        The worker's main process calls this when the pool process running the
+        attempt died: the row goes back to pending (or is cancelled in favour
+        of a pending job of its pair) and the dispatchers are woken to send it
+        again, instead of waiting out ``heartbeat_timeout``. Nothing happens
+        when the row no longer carries ``token``.
+        """
+        with self.bridge.engine.begin() as connection:
+            recovered = self.bridge.store.recover_lost_jobs(
+                connection,
+                now=now,
+                stale_before=_NEVER,
+                heartbeat_before=_NEVER,
+                redispatch_before=None,
+                lost_attempt=(job_id, token),
+            )
+            if recovered:
+                self.bridge.store.notify_dispatchers(connection)
+        _log(recovered)
+        return recovered
+
+
+def _log(recovered: list[Recovered]) -> None:
+    for item in recovered:
+        if item.cancelled_by is None:
+            logger.warning(
+                "job %s (%s, user %s) recovered, will run again: %s",
+                item.job_id, item.type, item.user_id, item.reason,
+                extra={"job_id": item.job_id, "reason": item.reason},
+            )  # fmt: skip
+        else:
+            logger.warning(
+                "job %s (%s, user %s) recovered (%s) and cancelled: job %s is already pending",
+                item.job_id, item.type, item.user_id, item.reason, item.cancelled_by,
+                extra={"job_id": item.job_id},
+            )  # fmt: skip

@@ -359,6 +359,7 @@ class Store(ABC):
         stale_before: datetime,
         heartbeat_before: datetime,
         redispatch_before: datetime | None,
+        lost_attempt: tuple[int, str] | None = None,
         limit: int = 1000,
     ) -> list[Recovered]:
         """Put back to pending every live row whose attempt is presumed lost.
@@ -367,10 +368,15 @@ class Store(ABC):
         (a lost message; None leaves such rows alone, for while the broker
         holds a backlog); started, with a heartbeat older than
         ``heartbeat_before`` (a dead or stalled worker); or started before
-        ``stale_before`` (the seed's rule). A started row whose pair already
+        ``stale_before`` (the seed's rule); and the running attempt
+        ``lost_attempt`` (row id, token), which its worker reported lost. A
+        started row whose pair already
         has an unstarted pending job is cancelled in favour of that job
         instead, keeping one pending job per pair.
         """
+
+    def notify_dispatchers(self, connection: Connection) -> None:  # noqa: B027
+        """Wake the waiting dispatchers now (rows became due); nothing where they poll."""
 
     def delete_removable_jobs(
         self, connection: Connection, *, now: datetime, failed_before: datetime, limit: int = 10_000

@@ -277,8 +277,10 @@ class PostgreSQLStore(Store):
         stale_before: datetime,
         heartbeat_before: datetime,
         redispatch_before: datetime | None,
+        lost_attempt: tuple[int, str] | None = None,
         limit: int = 1000,
     ) -> list[Recovered]:
+        lost_id, lost_token = lost_attempt or (None, None)
         rows = connection.execute(
             RECOVER_LOST,
             {
@@ -287,7 +289,13 @@ class PostgreSQLStore(Store):
                 "stale_before": stale_before,
                 "heartbeat_before": heartbeat_before,
                 "redispatch_before": redispatch_before or now,
+                "lost_id": lost_id,
+                "lost_token": lost_token,
                 "limit": limit,
             },
         )
         return [Recovered(r.id, r.type, r.user_id, r.reason, r.cancelled_by) for r in rows]
+
+    def notify_dispatchers(self, connection: Connection) -> None:
+        # The channel the dispatchers LISTEN on (the insert trigger's).
+        connection.execute(text("SELECT pg_notify('worker_jobs', '')"))

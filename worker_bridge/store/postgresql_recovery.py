@@ -38,6 +38,7 @@ from worker_bridge.store.schema import (
     LOST_AND_SUPERSEDED,
     LOST_HEARTBEAT,
     LOST_MESSAGE,
+    PROCESS_LOST,
     STALE_START,
     jobs_table,
 )
@@ -65,7 +66,14 @@ def _recover_lost() -> Any:
         )
         .scalar_subquery()
     )
+    # The attempt a worker reported lost (its pool process died), by row and token.
+    reported = and_(
+        t.c.id == bindparam("lost_id", type_=BigInteger),
+        t.c.task_id == bindparam("lost_token", type_=Text),
+        t.c.started.isnot(None),
+    )
     reason = case(
+        (reported, bindparam("process_lost", PROCESS_LOST, type_=Text)),
         (t.c.started.is_(None), bindparam("lost_message", LOST_MESSAGE, type_=Text)),
         (t.c.started < stale_before, bindparam("stale_start", STALE_START, type_=Text)),
         else_=bindparam("lost_heartbeat", LOST_HEARTBEAT, type_=Text),
@@ -82,6 +90,7 @@ def _recover_lost() -> Any:
         .where(
             t.c.finished.is_(None),
             or_(
+                reported,
                 and_(
                     t.c.started.is_(None),
                     t.c.dispatched_at < bindparam("redispatch_before", type_=UTCDateTime),

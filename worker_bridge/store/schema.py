@@ -34,6 +34,7 @@ CANCELLED_BY_HAND = "Cancelled by hand."
 LOST_MESSAGE = "dispatched but not started"
 STALE_START = "started longer than stale_after ago"
 LOST_HEARTBEAT = "heartbeat older than heartbeat_timeout"
+PROCESS_LOST = "its worker process died while running it"
 
 
 def cancellation_result(cancelled_by: int | None, reason: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from worker_bridge.store.schema import (
     LOST_AND_SUPERSEDED,
     LOST_HEARTBEAT,
     LOST_MESSAGE,
+    PROCESS_LOST,
     STALE_START,
     SUPERSEDED,
     all_columns,
@@ -214,16 +215,30 @@ class SQLiteStore(Store):
         stale_before: datetime,
         heartbeat_before: datetime,
         redispatch_before: datetime | None,
+        lost_attempt: tuple[int, str] | None = None,
         limit: int = 1000,
     ) -> list[Recovered]:
         redispatch_before = redispatch_before or _EPOCH
         started = jobs_table.c.started
+        lost_id, lost_token = lost_attempt or (None, None)
+        reported = (
+            (jobs_table.c.id == lost_id)
+            & (jobs_table.c.task_id == lost_token)
+            & started.isnot(None)
+        )
         lost = connection.execute(
-            select(jobs_table.c.id, jobs_table.c.type, jobs_table.c.user_id, started)
+            select(
+                jobs_table.c.id,
+                jobs_table.c.type,
+                jobs_table.c.user_id,
+                started,
+                reported.label("reported"),
+            )
             .where(
                 jobs_table.c.finished.is_(None)
                 & (
-                    (started.is_(None) & (jobs_table.c.dispatched_at < redispatch_before))
+                    reported
+                    | (started.is_(None) & (jobs_table.c.dispatched_at < redispatch_before))
                     | (
                         started.isnot(None)
                         & (
@@ -236,8 +251,10 @@ class SQLiteStore(Store):
             .limit(limit)
         ).all()
         recovered = []
-        for job_id, job_type, user_id, started_at in lost:
-            if started_at is None:
+        for job_id, job_type, user_id, started_at, was_reported in lost:
+            if was_reported:
+                reason = PROCESS_LOST
+            elif started_at is None:
                 reason = LOST_MESSAGE
             elif started_at < stale_before:
                 reason = STALE_START
