@@ -1,14 +1,20 @@
-"""``python -m bench``: options, the run, clean-up, the table."""
+"""``python -m bench``: options, the run, clean-up, the table.
+
+Items 2 and 3, when both are chosen, run as one step: their ``--rounds``
+alternate (see :mod:`bench.measurements`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import signal
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -16,9 +22,9 @@ from bench.infra import BenchDatabase, BenchError, BenchRedis, Processes, proces
 from bench.measurements import ITEMS, Bench, say
 from bench.report import Line, describe_machine, format_table
 
-#: --quick: a smoke run of a few hundred jobs, well under a minute.
-QUICK = {"n": 300, "latency_jobs": 50, "cron_fires": 3}
-DEFAULTS = {"n": 20_000, "latency_jobs": 1_000, "cron_fires": 60}
+#: --quick: a smoke run of a few hundred jobs, about a minute.
+QUICK = {"n": 300, "latency_jobs": 50, "cron_fires": 3, "rounds": 2}
+DEFAULTS = {"n": 20_000, "latency_jobs": 1_000, "cron_fires": 60, "rounds": 3}
 
 ITEM_NAMES = {
     1: "scheduling rate",
@@ -28,6 +34,7 @@ ITEM_NAMES = {
     5: "cron precision",
     6: "scale",
     7: "dispatcher alone",
+    8: "peers",
 }
 
 
@@ -42,12 +49,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="jobs of the latency run (default 1000: p99 is then the 10th worst)")
     parser.add_argument("--cron-fires", type=int, default=None,
                         help="fires of the every-second cron job (default 60)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of items 2 and 3, alternating (default 3)")
     parser.add_argument("--scale", action="store_true",
                         help="also run item 6 (inserts 1.1M rows first)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: defaults become {QUICK}")
     parser.add_argument("--only", metavar="ITEMS", default=None,
-                        help="comma-separated items to run, e.g. 2,4 (default: 1-5 and 7)")
+                        help="comma-separated items to run, e.g. 2,4 (default: 1-5, 7 and 8)")
     parser.add_argument("--redis-db", type=int, default=13,
                         help="Redis database number to use and flush (default 13)")
     parser.add_argument("--keep-db", action="store_true",
@@ -56,8 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, default in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, default)
-    if args.n < 1 or args.latency_jobs < 1 or args.cron_fires < 1:
-        parser.error("--n, --latency-jobs and --cron-fires must be at least 1")
+    if min(args.n, args.latency_jobs, args.cron_fires, args.rounds) < 1:
+        parser.error("--n, --latency-jobs, --cron-fires and --rounds must be at least 1")
     try:
         args.items = selected_items(args.only, args.scale)
     except ValueError as exc:
@@ -72,43 +81,63 @@ def selected_items(only: str | None, scale: bool) -> list[int]:
         chosen = set()
         for part in only.split(","):
             if not part.strip().isdigit() or int(part) not in ITEMS:
-                raise ValueError(f"--only: {part!r} is not an item (1-7)")
+                raise ValueError(f"--only: {part!r} is not an item (1-{max(ITEMS)})")
             chosen.add(int(part))
     if scale:
         chosen.add(6)
     return sorted(chosen)
 
 
-class Interrupted(Exception):
-    """SIGTERM: unwind like Ctrl-C, so that the clean-up below runs."""
+class Interrupted(BaseException):
+    """SIGTERM: unwind like Ctrl-C, so that the clean-up below runs (a BaseException,
+    as KeyboardInterrupt, so that no item's ``except Exception`` takes it for a
+    failed measurement and goes on)."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Interrupted()
 
 
+def steps(bench: Bench, items: list[int]) -> list[tuple[list[int], Callable[[], None]]]:
+    """The items in order, 2 and 3 as one step when both are chosen."""
+    chosen: list[tuple[list[int], Callable[[], None]]] = []
+    for item in items:
+        if item == 3 and 2 in items:
+            continue
+        if item == 2 and 3 in items:
+            chosen.append(([2, 3], bench.items_2_and_3))
+        else:
+            chosen.append(([item], functools.partial(bench.run, item)))
+    return chosen
+
+
 def run_items(bench: Bench, processes: Processes, items: list[int]) -> int:
     """Run each item; a failed one gets an ERROR line and the others still run."""
     errors = 0
-    for item in items:
+    for numbers, step in steps(bench, items):
         try:
-            bench.run(item)
+            step()
         except Exception as exc:
             errors += 1
-            say(f"item {item} ({ITEM_NAMES[item]}) FAILED: {exc}")
+            names = ", ".join(f"{item} ({ITEM_NAMES[item]})" for item in numbers)
+            say(f"item {names} FAILED: {exc}")
             traceback.print_exc(file=sys.stderr)
-            bench.lines.append(Line(f"{item} {ITEM_NAMES[item]}", None, "-", "-", False, "ERROR"))
+            for item in numbers:
+                bench.lines.append(
+                    Line(f"{item} {ITEM_NAMES[item]}", None, "-", "-", False, "ERROR")
+                )
         finally:
             processes.stop_all()
-    return errors
+    return errors + bench.failures
 
 
 def print_report(machine: str, args: argparse.Namespace, seconds: float, lines: list[Line]) -> None:
     if machine:
         print(machine)
         command = " ".join(["python -m bench", *args.argv])
-        print(f"run:      {command} (n={args.n:,}, latency jobs={args.latency_jobs}, "
-              f"cron fires={args.cron_fires}; took {seconds:.0f} s)")
+        print(f"run:      {command} (n={args.n:,}, rounds={args.rounds}, "
+              f"latency jobs={args.latency_jobs}, cron fires={args.cron_fires}; "
+              f"took {seconds:.0f} s)")
         print()
     if lines:
         print(format_table(lines))
@@ -134,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         processes = Processes(process_env(db.url, redis_db.url), log_dir)
         machine = describe_machine(db.engine, redis_db.info("redis_version"))
         bench = Bench(db, redis_db, processes, n=args.n, latency_jobs=args.latency_jobs,
-                      cron_fires=args.cron_fires)
+                      cron_fires=args.cron_fires, rounds=args.rounds)
         errors = run_items(bench, processes, args.items)
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
@@ -143,15 +172,23 @@ def main(argv: list[str] | None = None) -> int:
         say(f"cannot run: {exc}")
         errors += 1
     finally:
-        # Every process group, the database and the Redis database, whatever happened.
+        # Every process group, the databases and the Redis database, whatever
+        # happened; one clean-up failing (a server restarted) does not skip the others.
+        cleanups: list[tuple[str, Callable[[], None]]] = []
         if processes is not None:
-            processes.stop_all()
+            cleanups.append(("stopping the processes", processes.stop_all))
         if db is not None:
-            db.drop(keep=args.keep_db)
-            if args.keep_db:
-                say(f"kept database {db.name}")
+            cleanups.append(("dropping the databases", lambda: db.drop(keep=args.keep_db)))
         if redis_db is not None:
-            redis_db.release()
+            cleanups.append((f"releasing Redis database {args.redis_db}", redis_db.release))
+        for what, cleanup in cleanups:
+            try:
+                cleanup()
+            except Exception as exc:
+                errors += 1
+                say(f"clean-up failed, {what}: {exc}")
+        if db is not None and args.keep_db:
+            say(f"kept database {db.name}")
         if errors or interrupted:
             say(f"celery logs kept in {log_dir}")
         else:

@@ -1,8 +1,9 @@
-"""What the measurements run on: a database, a Redis database, celery processes.
+"""What the measurements run on: databases, a Redis database, processes.
 
 Everything here is created by the benchmark and removed by it, also on errors
-and Ctrl-C: the database is dropped, the Redis database flushed, and every
-process stopped by process group (a prefork worker's pool children share it).
+and Ctrl-C: the databases are dropped (the bench's own and each peer's of item
+8), the Redis database flushed, and every process stopped by process group (a
+prefork worker's pool children share it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from worker_bridge.bridge import BridgeApp, set_bridge
 from worker_bridge.migrations import upgrade_database
@@ -36,6 +38,9 @@ JOBS_PACKAGE = "bench.jobs"
 #: a concurrent ``pytest`` run off the benchmark's database, and the other way round.
 CLAIM_KEY = "worker_bridge:test-run"
 CLAIM_SECONDS = 4 * 3600
+#: application_name of the bench's own polling connections: left out of the CPU
+#: accounting, which counts the system measured, not the measuring.
+MONITOR_APPLICATION = "worker_bridge_bench monitor"
 
 
 class BenchError(RuntimeError):
@@ -67,15 +72,23 @@ def wait_for(
 
 
 class BenchDatabase:
-    """A database of the benchmark's own, migrated; dropped by :meth:`drop`."""
+    """A database of the benchmark's own, migrated; dropped by :meth:`drop`.
+
+    Also creates and drops the peers' databases (:meth:`create_extra`), named
+    after it, so that :meth:`drop` removes whatever a failed item left.
+    """
 
     def __init__(self, admin_url: str = ADMIN_URL) -> None:
         self.name = f"worker_bridge_bench_{uuid.uuid4().hex[:10]}"
+        self._admin_url = admin_url
         self._admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self._extras: list[str] = []
         with self._admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{self.name}"'))
-        self.url = make_url(admin_url).set(database=self.name).render_as_string(
-            hide_password=False
+        self.url = self._url_of(self.name)
+        #: For the bench's polls: connections named MONITOR_APPLICATION.
+        self.monitor = create_engine(
+            self.url, connect_args={"application_name": MONITOR_APPLICATION}
         )
         engine = create_engine(self.url)
         try:
@@ -89,21 +102,70 @@ class BenchDatabase:
         )
         set_bridge(self.bridge)
 
+    def _url_of(self, database: str) -> str:
+        return make_url(self._admin_url).set(database=database).render_as_string(
+            hide_password=False
+        )
+
     @property
     def engine(self) -> Engine:
         return self.bridge.engine
+
+    def create_extra(self, suffix: str) -> tuple[str, str]:
+        """A fresh empty database ``<name>_<suffix>``: (its name, its libpq URL)."""
+        name = f"{self.name}_{suffix}"
+        self.drop_database(name)
+        self._extras.append(name)
+        with self._admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(self._url_of(name)).set(drivername="postgresql")
+        return name, url.render_as_string(hide_password=False)
+
+    def drop_database(self, name: str) -> None:
+        with self._admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if name in self._extras:
+            self._extras.remove(name)
+
+    def backend_pids(self, database: str | None = None) -> list[int]:
+        """The PostgreSQL backends connected to ``database`` (default: the bench's),
+        the bench's own monitoring connections left out."""
+        with self._admin.connect() as connection:
+            return list(
+                connection.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = :name "
+                        "AND coalesce(application_name, '') <> :monitor"
+                    ),
+                    {"name": database or self.name, "monitor": MONITOR_APPLICATION},
+                ).scalars()
+            )
 
     def truncate(self) -> None:
         with self.engine.begin() as connection:
             connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
 
-    def drop(self, keep: bool = False) -> None:
+    def drop(self, keep: bool = False, patience: float = 30) -> None:
+        """Drop the peers' databases and (unless ``keep``) the bench's own. A server
+        restarting meanwhile (a fault test on the same machine) is waited for, up
+        to ``patience`` seconds."""
         set_bridge(None)
         self.bridge.dispose()
-        if not keep:
-            with self._admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self._admin.dispose()
+        self.monitor.dispose()
+        names = [*self._extras, *([] if keep else [self.name])]
+        deadline = time.monotonic() + patience
+        try:
+            for name in names:
+                while True:
+                    try:
+                        self.drop_database(name)
+                        break
+                    except OperationalError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(1)
+        finally:
+            self._admin.dispose()
 
 
 class BenchRedis:
@@ -138,9 +200,14 @@ class BenchRedis:
     def info(self, key: str) -> str:
         return str(self.client.info("server").get(key, "?"))
 
+    def server_pid(self) -> int | None:
+        """The Redis server's pid (``INFO server``'s process_id), for the CPU accounting."""
+        pid = self.client.info("server").get("process_id")
+        return int(pid) if pid is not None else None
+
 
 class Processes:
-    """Starts celery processes and stops every one of them, by process group."""
+    """Starts celery (and peer) processes and stops every one of them, by process group."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
@@ -149,13 +216,21 @@ class Processes:
         self._count = 0
 
     def start(self, name: str, app: str, *args: str, config: str = "celeryconfig") -> None:
+        self.spawn(
+            name,
+            ["-m", "celery", "-A", app, *args],
+            {"CELERY_CONFIG_MODULE": config},
+        )
+
+    def spawn(self, name: str, python_args: list[str], env: dict[str, str] | None = None) -> None:
+        """Run ``python <python_args>`` in a process group of its own, logging to a file."""
         self._count += 1
         log = self.log_dir / f"{self._count:02d}-{name}.log"
         with log.open("ab") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", app, *args],
+                [sys.executable, *python_args],
                 cwd=ROOT,
-                env={**self.env, "CELERY_CONFIG_MODULE": config},
+                env={**self.env, **(env or {})},
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 # A group of its own: Ctrl-C in the terminal reaches only the
@@ -172,6 +247,10 @@ class Processes:
 
     def dispatcher(self, config: str = "celeryconfig") -> None:
         self.start("dispatcher", "worker_bridge", "beat", "--loglevel", "WARNING", config=config)
+
+    def groups(self) -> list[int]:
+        """The process group of every running process (each leads its own)."""
+        return [process.pid for _, process in self.running if process.poll() is None]
 
     def check_alive(self) -> None:
         for name, process in self.running:

@@ -4,19 +4,40 @@ Every item starts from an empty ``worker_jobs``, an empty Redis database and no
 running process, and starts the processes it needs itself. Rows the items
 count are told apart by ``user_id`` ranges (see the constants below), so the
 warm-up rows and the removal job's row never get in the count.
+
+Items 2 and 3 run in rounds (``--rounds``, default 3), alternating in one
+invocation: a round is item 2, then bare Celery with Celery's defaults (3a),
+then bare Celery with the bridge's settings (3a'). One run's figure moves too
+much on a shared machine to settle a ratio; the table shows each side's median
+and range, and the ratio 2 / 3a of each round, its median against the target.
+Every no-op of items 2, 3 and 8 has the same body, one Redis round trip (an
+``INCR``: ``bench.jobs.noop``, ``bench.bare_app``, ``bench.peers``).
+
+The CPU column (``bench.cpu``) is CPU time per job over every process
+involved, sampled before and after the measured run: the worker's process
+group (main process and pool children) or the peer's worker processes, the
+dispatcher (item 2) or the publishing bench process (item 3, its CPU while it
+publishes), the PostgreSQL backends of the database measured (the bench's own
+polling connections left out) and the Redis server. The Redis server is shared
+with whatever else runs on the machine, which then counts too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from bench import cpu, peers
 from bench.infra import BenchDatabase, BenchError, BenchRedis, Processes, wait_for
 from bench.report import Line, percentile
 from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job
@@ -48,7 +69,10 @@ INSERT_RATE_FLOOR = 4_000.0
 #: Item 4: pause between two schedule_job calls.
 LATENCY_SPACING = 0.007
 
-ITEMS = (1, 2, 3, 4, 5, 6, 7)
+#: Item 3's target: the median over the rounds of 2 / 3a.
+RATIO_TARGET = 0.75
+
+ITEMS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def say(message: str) -> None:
@@ -60,6 +84,34 @@ def rate_line(label: str, value: float, unit: str, floor: float | None) -> Line:
     if floor is None:
         return Line(label, value, unit)
     return Line(label, value, unit, f">= {floor:,.0f}", value >= floor)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured run: its rate and the CPU it cost per job."""
+
+    rate: float
+    #: Microseconds of CPU per job, over every process involved.
+    cpu_us: float
+
+
+def _median_line(label: str, runs: list[Run], unit: str) -> Line:
+    rates = [run.rate for run in runs]
+    return Line(
+        label,
+        statistics.median(rates),
+        unit,
+        spread=(min(rates), max(rates)),
+        cpu_us=statistics.median(run.cpu_us for run in runs),
+    )
+
+
+def _ratio_line(label: str, ratios: list[float], target: float | None) -> Line:
+    median = statistics.median(ratios)
+    spread = (min(ratios), max(ratios))
+    if target is None:
+        return Line(label, median, "ratio", spread=spread)
+    return Line(label, median, "ratio", f">= {target:.2f}", median >= target, spread=spread)
 
 
 def _import_schedule_jobs() -> Callable[..., Any] | None:
@@ -83,6 +135,7 @@ class Bench:
         n: int,
         latency_jobs: int,
         cron_fires: int,
+        rounds: int = 3,
     ) -> None:
         self.db = db
         self.redis = redis_db
@@ -90,7 +143,11 @@ class Bench:
         self.n = n
         self.latency_jobs = latency_jobs
         self.cron_fires = cron_fires
+        self.rounds = rounds
         self.lines: list[Line] = []
+        #: Measurements that failed inside an item that went on (a peer of item 8).
+        self.failures = 0
+        self._warned_cpu = False
         #: Figures later items compare with (item 6 with 2 and 4, item 7 with 3).
         self.figures: dict[str, float] = {}
         self._warmups = 0
@@ -101,6 +158,10 @@ class Bench:
 
     def run(self, item: int) -> None:
         getattr(self, f"item{item}")()
+
+    def items_2_and_3(self) -> None:
+        """Items 2 and 3 together: their rounds alternate."""
+        self._rounds(bridge=True, bare=True)
 
     def reset(self) -> None:
         """No process, no measured row, an empty Redis database."""
@@ -126,8 +187,32 @@ class Bench:
             autocommit.execute(text("VACUUM ANALYZE worker_jobs"))
 
     def scalar(self, sql: str, **params: Any) -> Any:
-        with self.db.engine.connect() as connection:
+        # On the monitor engine: the CPU accounting leaves these connections out.
+        with self.db.monitor.connect() as connection:
             return connection.execute(text(sql), params).scalar()
+
+    def cpu_sample(self, database: str | None = None) -> cpu.Sample:
+        """CPU used so far by every process involved: the process groups running,
+        the backends of ``database`` (default: the bench's) and the Redis server."""
+        pids = cpu.group_members(self.processes.groups())
+        servers = self.db.backend_pids(database)
+        backends, strangers = cpu.named(servers, "postgres")
+        redis_pid = self.redis.server_pid()
+        redis, others = cpu.named([] if redis_pid is None else [redis_pid], "redis-server")
+        strangers += others
+        if strangers and not self._warned_cpu:
+            # A server in a container or elsewhere: its pids are not this machine's.
+            self._warned_cpu = True
+            say(f"CPU column: pids {strangers} are not this machine's PostgreSQL or Redis "
+                "processes; their CPU is left out")
+        return cpu.sample(pids + backends + redis)
+
+    def cpu_per_job(
+        self, before: cpu.Sample, after: cpu.Sample, jobs: int, extra_seconds: float = 0.0
+    ) -> float:
+        """Microseconds of CPU per job between two samples (plus ``extra_seconds``
+        the caller measured itself)."""
+        return (cpu.used_seconds(before, after) + extra_seconds) * 1e6 / jobs
 
     def start_bridge(self, *, worker: bool = True, config: str = "celeryconfig") -> None:
         """Start a worker (optional) and one dispatcher, and wait until they have
@@ -279,32 +364,87 @@ class Bench:
 
     # --- item 2: end-to-end throughput ------------------------------------------
 
-    def throughput(self) -> float:
-        """N no-op jobs due at T0, worker and dispatcher warm: jobs/s from T0 to the last finish."""
+    def throughput(self) -> Run:
+        """N no-op jobs due at T0, worker and dispatcher warm: jobs/s from T0 to the
+        last finish; CPU of the worker, the dispatcher, the database and Redis."""
         self.reset()
         self.start_bridge()
         t0 = self.insert_due_later(self.n)
+        before = self.cpu_sample()
         self._wait_unfinished("noop", self.n, f"{self.n:,} no-op jobs to finish")
+        after = self.cpu_sample()
         last = self.scalar(
             "SELECT extract(epoch FROM max(finished)) FROM worker_jobs "
             "WHERE type = 'noop' AND user_id BETWEEN 1 AND :n",
             n=self.n,
         )
-        return self.n / (float(last) - t0)
+        return Run(self.n / (float(last) - t0), self.cpu_per_job(before, after, self.n))
 
     def item2(self) -> None:
-        say(f"2: end-to-end throughput of {self.n:,} no-op jobs")
-        value = self.throughput()
-        self.figures["throughput"] = value
-        self.lines.append(Line(f"2 end-to-end, {self.n:,} no-op jobs", value, "jobs/s"))
+        self._rounds(bridge=True, bare=False)
+
+    def _rounds(self, *, bridge: bool, bare: bool) -> None:
+        """``self.rounds`` rounds of item 2 and/or item 3's two bare runs, alternating."""
+        from bench.bare_app import BRIDGE_SETTINGS, DEFAULTS
+
+        ours: list[Run] = []
+        defaults: list[Run] = []
+        same: list[Run] = []
+        for number in range(1, self.rounds + 1):
+            round_text = f"round {number}/{self.rounds}"
+            if bridge:
+                say(f"2, {round_text}: end-to-end throughput of {self.n:,} no-op jobs")
+                ours.append(self.throughput())
+                say(f"2, {round_text}: {ours[-1].rate:,.0f} jobs/s")
+            if bare:
+                say(f"3a, {round_text}: {self.n:,} no-op tasks, bare Celery, Celery's defaults")
+                defaults.append(self.bare_run(DEFAULTS))
+                say(f"3a, {round_text}: {defaults[-1].rate:,.0f} tasks/s")
+                say(f"3a', {round_text}: {self.n:,} no-op tasks, bare Celery, "
+                    "the bridge's settings")
+                same.append(self.bare_run(BRIDGE_SETTINGS))
+                say(f"3a', {round_text}: {same[-1].rate:,.0f} tasks/s")
+        of = f"median of {self.rounds}"
+        if bridge:
+            self.figures["throughput"] = statistics.median(run.rate for run in ours)
+            self.lines.append(
+                _median_line(f"2 end-to-end, {self.n:,} no-op jobs, {of}", ours, "jobs/s")
+            )
+        if not bare:
+            return
+        self.lines.append(_median_line(
+            f"3a bare Celery, Celery's defaults (acks_late, prefetch 4, no events), {of}",
+            defaults, "tasks/s",
+        ))
+        self.lines.append(_median_line(
+            f"3a' bare Celery, the bridge's settings (prefetch 1, events), {of}",
+            same, "tasks/s",
+        ))
+        for label, yardstick, target in (
+            ("3b ratio 2 / 3a, per round", defaults, RATIO_TARGET),
+            ("3b' ratio 2 / 3a', per round", same, None),
+        ):
+            if bridge:
+                ratios = [a.rate / b.rate for a, b in zip(ours, yardstick, strict=True)]
+                self.lines.append(_ratio_line(label, ratios, target))
+            else:
+                self.lines.append(Line(label, None, "ratio",
+                                       "-" if target is None else f">= {target:.2f}",
+                                       None, "n/a (item 2 not run)"))
+        say(f"3c: publishing {self.n:,} messages with no worker running")
+        publish = self.bare_publish_rate()
+        self.lines.append(
+            Line("3c bare Celery publish, no worker (the bridge's settings)", publish, "msgs/s")
+        )
 
     # --- item 3: bare Celery ----------------------------------------------------
 
-    def _bare_app(self) -> Celery:
-        from bench import bare_app
+    def _bare_app(self, name: str) -> Celery:
+        from bench.bare_app import APPS
 
-        bare_app.app.conf.broker_url = self.redis.url
-        return bare_app.app
+        app = APPS[name]
+        app.conf.broker_url = self.redis.url
+        return app
 
     def _publish(self, app: Celery, count: int) -> None:
         from bench.bare_app import TASK_NAME
@@ -326,9 +466,13 @@ class Bench:
         return int(self.redis.client.get(COUNTER_KEY) or 0)
 
     def bare_publish_rate(self) -> float:
-        """Messages/s one process publishes with no worker running (item 7's target)."""
+        """Messages/s one process publishes with no worker running (item 7's target),
+        with the bridge's settings: a ``task-sent`` event per message, as the
+        dispatcher sends (batched)."""
+        from bench.bare_app import BRIDGE_SETTINGS
+
         self.reset()
-        app = self._bare_app()
+        app = self._bare_app(BRIDGE_SETTINGS)
         self._publish(app, 50)  # connection and first-use costs
         started = time.perf_counter()
         self._publish(app, self.n)
@@ -338,34 +482,32 @@ class Bench:
         return value
 
     def item3(self) -> None:
+        self._rounds(bridge=False, bare=True)
+
+    def bare_run(self, name: str) -> Run:
+        """N no-op tasks published to a warm bare Celery worker (``bench.bare_app``'s
+        app ``name``): tasks/s from the first publish to the counter reaching N;
+        CPU of the worker, the publishing (this process's) and Redis."""
         from bench.bare_app import COUNTER_KEY
 
         self.reset()
-        app = self._bare_app()
-        self.processes.worker(app="bench.bare_app")
+        app = self._bare_app(name)
+        self.processes.worker(app=f"bench.bare_app:{name}")
         self._publish(app, WARMUP_JOBS)
         wait_for(lambda: self._bare_done() >= WARMUP_JOBS, 120, "the bare worker to warm up",
                  interval=0.05, check=self.processes.check_alive)
         self.redis.client.delete(COUNTER_KEY)
 
-        say(f"3: {self.n:,} no-op tasks on bare Celery")
+        before = self.cpu_sample()
         started = time.time()
+        publishing = time.process_time()
         self._publish(app, self.n)
+        publishing = time.process_time() - publishing
         wait_for(lambda: self._bare_done() >= self.n, 60 + self.n / 50,
                  f"{self.n:,} bare tasks", interval=0.01, check=self.processes.check_alive)
-        bare = self.n / (time.time() - started)
-        self.figures["bare"] = bare
-        self.lines.append(Line(f"3a bare Celery, {self.n:,} no-op tasks", bare, "tasks/s"))
-        if "throughput" in self.figures:
-            ratio = self.figures["throughput"] / bare
-            self.lines.append(Line("3b ratio 2 / 3a", ratio, "ratio", ">= 0.75", ratio >= 0.75))
-        else:
-            self.lines.append(Line("3b ratio 2 / 3a", None, "ratio", ">= 0.75", None,
-                                   "n/a (item 2 not run)"))
-
-        say(f"3c: publishing {self.n:,} messages with no worker running")
-        publish = self.bare_publish_rate()
-        self.lines.append(Line("3c bare Celery publish, no worker", publish, "msgs/s"))
+        elapsed = time.time() - started
+        after = self.cpu_sample()
+        return Run(self.n / elapsed, self.cpu_per_job(before, after, self.n, publishing))
 
     # --- item 4: latency --------------------------------------------------------
 
@@ -454,7 +596,8 @@ class Bench:
         self._scale_rows = True
         try:
             say(f"6: end-to-end throughput of {self.n:,} no-op jobs beside 1.1M rows")
-            value = self.throughput()
+            run = self.throughput()
+            value = run.rate
             say(f"6: latency over {self.latency_jobs} jobs beside 1.1M rows")
             latency = self.latency()
         finally:
@@ -462,7 +605,8 @@ class Bench:
         base = self.figures["throughput"]
         ratio = value / base
         self.lines.append(Line(f"6a end-to-end, {self.n:,} jobs, 1.1M rows in table", value,
-                               "jobs/s", f">= {0.8 * base:,.0f} (80% of 2)", ratio >= 0.8))
+                               "jobs/s", f">= {0.8 * base:,.0f} (80% of 2)", ratio >= 0.8,
+                               cpu_us=run.cpu_us))
         self.lines.append(Line("6b ratio 6a / 2", ratio, "ratio", ">= 0.80", ratio >= 0.8))
         for letter, q in (("c", "p50"), ("e", "p99")):
             empty = self.figures[f"latency_{q}"]
@@ -533,6 +677,86 @@ class Bench:
         value = self.n / (time.time() - t0)
         self.lines.append(Line(f"7 dispatcher alone, {self.n:,} rows", value, "rows/s",
                                f">= {publish:,.0f} (3c)", value >= publish))
+
+
+    # --- item 8: peers -----------------------------------------------------------
+
+    def item8(self) -> None:
+        for letter, peer in zip("ab", peers.PEERS.values(), strict=True):
+            installed = peers.version(peer)
+            name = peer.name if installed is None else f"{peer.name} {installed}"
+            label = f"8{letter} {name}, {self.n:,} no-op jobs, {peer.how}"
+            reason = peers.missing(peer)
+            if reason is not None:
+                say(f"8{letter}: n/a ({reason})")
+                self.lines.append(Line(label, None, "jobs/s", note=f"n/a ({reason})"))
+                continue
+            say(f"8{letter}: {peer.name} drains {self.n:,} no-op jobs ({peer.how})")
+            try:
+                run = self.peer_run(peer)
+            except Exception as exc:
+                # The other peer still runs; the exit code still says it failed.
+                self.failures += 1
+                say(f"8{letter} ({peer.name}) FAILED: {exc}")
+                traceback.print_exc(file=sys.stderr)
+                self.lines.append(Line(label, None, "jobs/s", "-", False, "ERROR"))
+                continue
+            say(f"8{letter}: {run.rate:,.0f} jobs/s")
+            self.lines.append(Line(label, run.rate, "jobs/s", cpu_us=run.cpu_us))
+
+    def _peer_done(self) -> int:
+        return int(self.redis.client.get(peers.COUNTER_KEY) or 0)
+
+    def _peer_processes(self, key: str) -> int:
+        """How many worker processes have passed the gate ``key`` (ready, drained)."""
+        return int(self.redis.client.llen(key))
+
+    def peer_run(self, peer: peers.Peer) -> Run:
+        """N no-op jobs waiting in ``peer``'s queue table, drained by its warm workers:
+        jobs/s from T0 (go) to the counter reaching N; CPU of the worker processes,
+        the peer's database and Redis. See :mod:`bench.peers`."""
+        self.reset()
+        database, dsn = self.db.create_extra(peer.name)
+        try:
+            asyncio.run(peer.install(dsn))
+            first = WARMUP_USERS
+            asyncio.run(peer.enqueue(dsn, first, WARMUP_JOBS))
+            for number in range(1, peers.PROCESSES + 1):
+                self.processes.spawn(
+                    f"{peer.name}-{number}",
+                    ["-m", "bench.peer_worker", peer.name],
+                    {peers.DSN_VARIABLE: dsn},
+                )
+            wait_for(
+                lambda: self._peer_processes(peers.READY_KEY) >= peers.PROCESSES
+                and self._peer_done() >= WARMUP_JOBS,
+                120,
+                f"the {peer.name} workers to warm up",
+                interval=0.05,
+                check=self.processes.check_alive,
+            )
+            self.redis.client.delete(peers.COUNTER_KEY)
+            asyncio.run(peer.enqueue(dsn, 1, self.n))
+
+            before = self.cpu_sample(database)
+            started = time.time()
+            for _ in range(peers.PROCESSES):
+                self.redis.client.rpush(peers.GO_KEY, "go")
+            wait_for(lambda: self._peer_done() >= self.n, 60 + self.n / 50,
+                     f"{self.n:,} {peer.name} jobs", interval=0.01,
+                     check=self.processes.check_alive)
+            elapsed = time.time() - started
+            wait_for(lambda: self._peer_processes(peers.DRAINED_KEY) >= peers.PROCESSES, 60,
+                     f"the {peer.name} workers to finish their drain", interval=0.01,
+                     check=self.processes.check_alive)
+            after = self.cpu_sample(database)
+            done = self._peer_done()
+            if done != self.n:
+                raise BenchError(f"{peer.name} ran {done} jobs for {self.n}")
+            return Run(self.n / elapsed, self.cpu_per_job(before, after, self.n))
+        finally:
+            self.processes.stop_all()
+            self.db.drop_database(database)
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:

@@ -17,35 +17,62 @@ class Line:
 
     #: Starts with the item's id ("1a", "4c", ...), which the smoke test looks for.
     measurement: str
-    #: None when it could not be measured; ``note`` then says why.
+    #: None when it could not be measured; ``note`` then says why. The median
+    #: of the rounds for a measurement taken in rounds (items 2 and 3).
     value: float | None
     unit: str
     target: str = "-"
     #: None: no target (or not measured).
     met: bool | None = None
     note: str = ""
+    #: Lowest and highest value over the rounds, for a measurement taken in rounds.
+    spread: tuple[float, float] | None = None
+    #: CPU time per job in microseconds, over every process involved (``bench.cpu``).
+    cpu_us: float | None = None
+
+    def _number(self, value: float) -> str:
+        if self.unit == "ratio":
+            return f"{value:,.2f}"
+        if self.unit == "ms":
+            return f"{value:,.1f}"
+        return f"{value:,.0f}"
 
     def formatted_value(self) -> str:
         if self.value is None:
             return self.note or "-"
-        if self.unit in ("ms", "ratio"):
-            return f"{self.value:,.2f}" if self.unit == "ratio" else f"{self.value:,.1f}"
-        return f"{self.value:,.0f}"
+        return self._number(self.value)
+
+    def formatted_spread(self) -> str:
+        if self.spread is None:
+            return "-"
+        low, high = self.spread
+        return f"{self._number(low)}-{self._number(high)}"
+
+    def formatted_cpu(self) -> str:
+        return "-" if self.cpu_us is None else f"{self.cpu_us:,.0f}"
 
 
 def met_text(met: bool | None) -> str:
-    return "-" if met is None else ("yes" if met else "NO")
+    return "-" if met is None else ("met" if met else "NOT met")
 
 
 def format_table(lines: list[Line]) -> str:
-    header = ("measurement", "value", "unit", "target", "met?")
+    header = ("measurement", "value", "unit", "range", "CPU µs/job", "target", "met?")
     rows = [
-        (line.measurement, line.formatted_value(), line.unit, line.target, met_text(line.met))
+        (
+            line.measurement,
+            line.formatted_value(),
+            line.unit,
+            line.formatted_spread(),
+            line.formatted_cpu(),
+            line.target,
+            met_text(line.met),
+        )
         for line in lines
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     # Numbers right-aligned so their digits line up; text left-aligned.
-    aligns = ["<", ">", "<", "<", "<"]
+    aligns = ["<", ">", "<", ">", ">", "<", "<"]
 
     def render(row: tuple[str, ...]) -> str:
         cells = [
@@ -103,7 +130,8 @@ def describe_machine(engine: Engine, redis_version: str) -> str:
     with engine.connect() as connection:
         postgresql = connection.execute(text("SHOW server_version")).scalar_one()
     packages = ", ".join(
-        f"{name} {_version(name)}" for name in ("celery", "kombu", "SQLAlchemy", "psycopg")
+        f"{name} {_version(name)}"
+        for name in ("celery", "kombu", "SQLAlchemy", "psycopg", "procrastinate", "pgqueuer")
     )
     return "\n".join(
         [

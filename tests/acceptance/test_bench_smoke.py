@@ -1,11 +1,15 @@
 """The benchmark still runs: ``python -m bench --quick`` exits 0 with a number on every line.
 
+The peers of item 8 are optional (``pip install -e '.[bench]'``): a peer that is
+not installed must say so instead of failing the run. Nothing here times anything.
+
 It starts its own database, Redis database and celery processes, so this test
 needs nothing from the fixtures but a free Redis database number.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -29,8 +33,10 @@ EXPECTED = [
     "1a' schedule_job, same",
     "1b schedule_jobs, batches",
     "2 end-to-end",
-    "3a bare Celery,",
-    "3b ratio 2 / 3a",
+    "3a bare Celery, Celery's defaults",
+    "3a' bare Celery, the bridge's settings",
+    "3b ratio 2 / 3a,",
+    "3b' ratio 2 / 3a',",
     "3c bare Celery publish",
     "4a latency schedule_job -> run(), p50",
     "4b latency schedule_job -> run(), p95",
@@ -38,8 +44,19 @@ EXPECTED = [
     "5a cron fire (due) -> run(), p50",
     "5b cron fire (due) -> run(), p99",
     "7 dispatcher alone",
+    "8a procrastinate",
+    "8b pgqueuer",
 ]
+#: Lines measured in rounds: a median and the range of the rounds.
+IN_ROUNDS = ["2 ", "3a ", "3a' ", "3b ", "3b' "]
+#: Lines with a CPU figure (µs per job); 8a and 8b when their peer is installed.
+WITH_CPU = ["2 ", "3a ", "3a' "]
+#: The modules each peer needs.
+PEERS = {"8a": ("procrastinate",), "8b": ("pgqueuer", "asyncpg")}
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")
+RANGE = re.compile(r"^[\d,]+(\.\d+)?-[\d,]+(\.\d+)?$")
+#: measurement, value, unit, range, CPU µs/job, target, met?
+COLUMNS = 7
 
 
 def _free_redis_db() -> int:
@@ -80,14 +97,32 @@ def test_quick_benchmark_prints_every_measurement() -> None:
     rows = {}
     for line in output.splitlines():
         columns = re.split(r"\s{2,}", line.strip())
-        if len(columns) == 5:
+        if len(columns) == COLUMNS:
             rows[columns[0]] = columns
-    for prefix in EXPECTED:
+
+    def row(prefix: str) -> list[str]:
         matches = [columns for name, columns in rows.items() if name.startswith(prefix)]
         assert len(matches) == 1, f"no single line {prefix!r} in:\n{output}"
-        value = matches[0][1]
+        return matches[0]
+
+    for prefix in EXPECTED:
+        value = row(prefix)[1]
+        peer = PEERS.get(prefix[:2])
         if prefix.startswith("1b") and not hasattr(worker_bridge, "schedule_jobs"):
             assert value == "n/a (schedule_jobs missing)", output
+        elif peer and any(importlib.util.find_spec(module) is None for module in peer):
+            assert value.startswith("n/a (") and "not installed" in value, output
         else:
             assert NUMBER.match(value), f"line {prefix!r} has no number: {value!r}\n{output}"
+    for prefix in IN_ROUNDS:
+        spread = row(prefix)[3]
+        assert RANGE.match(spread), f"line {prefix!r} has no range: {spread!r}\n{output}"
+    cpu_lines = WITH_CPU + [
+        key for key, modules in PEERS.items()
+        if all(importlib.util.find_spec(module) is not None for module in modules)
+    ]
+    for prefix in cpu_lines:
+        cpu = row(prefix)[4]
+        assert NUMBER.match(cpu), f"line {prefix!r} has no CPU figure: {cpu!r}\n{output}"
+    assert row("3b ")[5] == ">= 0.75" and row("3b ")[6] in ("met", "NOT met"), output
     assert "machine:" in output and "PostgreSQL" in output and "Redis" in output, output
