@@ -74,6 +74,9 @@ in your own CELERY_CONFIG_MODULE) and it wins. Durations are in seconds.
 # redelivered messages are refused (cancelling would rerun every long job each time a
 # channel closes, e.g. at RabbitMQ's consumer_timeout).
 # worker_cancel_long_running_tasks_on_connection_loss = False
+# A channel the broker closes is reopened instead of stopping the worker (RabbitMQ closes
+# one when a delivery outlives its consumer_timeout).
+# broker_channel_error_retry = True
 # Hard and soft time limits of one job, in seconds. Keep the hard limit below
 # worker_bridge_stale_after, or a job still running would be started again.
 # task_time_limit = 3300

@@ -2,12 +2,16 @@
 
 A test run creates a PostgreSQL database of its own (migrated once), and each
 test starts from an empty ``worker_jobs``. The server is
-$WORKER_BRIDGE_TEST_ADMIN_URL (default: postgres on 127.0.0.1:5432).
+$WORKER_BRIDGE_TEST_ADMIN_URL (default: postgres on 127.0.0.1:5432). A test
+that needs RabbitMQ gets a virtual host of the run's own (created on first
+use with ``rabbitmqctl``, deleted at the end) and starts and ends with its
+queues deleted.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -15,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from kombu import Connection
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -31,6 +36,10 @@ ADMIN_URL = os.environ.get(
 TEST_JOBS = "tests.testjobs"
 REDIS_HOST = os.environ.get("WORKER_BRIDGE_TEST_REDIS_HOST", "127.0.0.1")
 CLAIM_KEY = "worker_bridge:test-run"
+RABBITMQ_HOST = os.environ.get("WORKER_BRIDGE_TEST_RABBITMQ_HOST", "127.0.0.1")
+#: The durable queues a test may leave behind in the run's virtual host: Celery's
+#: default queue. (Workers' control and reply queues are auto-delete.)
+RABBITMQ_QUEUES = ("celery",)
 
 os.environ.setdefault("WORKER_BRIDGE_JOBS", TEST_JOBS)
 
@@ -153,3 +162,54 @@ def redis_db() -> Iterator[int]:
             return
         client.close()
     pytest.fail("no free Redis database number (1-15) for this test run")
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> str:
+    """Run ``rabbitmqctl ARGS`` (about a second a call); fail the test if it fails."""
+    try:
+        result = subprocess.run(
+            ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"rabbitmqctl {' '.join(args)}: {exc} (is RabbitMQ installed and up?)")
+    if result.returncode != 0:
+        pytest.fail(
+            f"rabbitmqctl {' '.join(args)} exited {result.returncode}: "
+            f"{(result.stderr or result.stdout).strip()[-2000:]}\n"
+            "The suite needs RabbitMQ on this host (.ci/run starts it)."
+        )
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test run's own, for guest, deleted at the end."""
+    name = f"worker_bridge_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        # The fault suite stops and starts RabbitMQ meanwhile: it is back by now.
+        rabbitmqctl("delete_vhost", name)
+
+
+def delete_rabbitmq_queues(url: str, names: tuple[str, ...] = RABBITMQ_QUEUES) -> None:
+    """Delete the queues ``names`` of the broker at ``url`` (a missing queue is no error)."""
+    with Connection(url, connect_timeout=10) as connection:
+        connection.connect()  # one attempt: a broker that is down fails the test at once
+        channel = connection.channel()
+        try:
+            for name in names:
+                channel.queue_delete(queue=name)
+        finally:
+            channel.close()
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_vhost: str) -> Iterator[str]:
+    """``amqp://`` URL of the run's virtual host, whose queues the test starts and ends without."""
+    url = f"amqp://guest:guest@{RABBITMQ_HOST}:5672/{rabbitmq_vhost}"
+    delete_rabbitmq_queues(url)
+    yield url
+    delete_rabbitmq_queues(url)

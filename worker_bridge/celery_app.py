@@ -58,6 +58,10 @@ CELERY_DEFAULTS: dict[str, Any] = {
     # them): their rows are claimed, so the redelivered messages are refused, and
     # cancelling would rerun every long job each time a channel closes.
     "worker_cancel_long_running_tasks_on_connection_loss": False,
+    # A channel the broker closes is reopened, not fatal: RabbitMQ closes a
+    # consumer's channel (PRECONDITION_FAILED) when a delivery outlives its
+    # consumer_timeout, which without this stops the whole worker.
+    "broker_channel_error_retry": True,
     # Hard and soft time limits of one job, in seconds. Keep the hard limit
     # below worker_bridge_stale_after, or a job still running would be started again.
     "task_time_limit": 3300,

@@ -60,8 +60,14 @@ class Heartbeat:
         if not attempts:
             return set()
         alive = self._write(attempts, now or datetime.now(UTC))
-        lost = {job_id for job_id, _ in attempts} - alive
         with self._lock:
+            # An attempt that ended while the write was on its way was removed
+            # meanwhile: its row is finished, not lost.
+            lost = {
+                job_id
+                for job_id, token in attempts
+                if job_id not in alive and self._attempts.get(job_id) == token
+            }
             for job_id in lost:
                 self._attempts.pop(job_id, None)
         for job_id in lost:

@@ -1,4 +1,9 @@
-"""End to end: real `celery` workers and dispatchers, PostgreSQL and Redis."""
+"""End to end: real `celery` workers and dispatchers, PostgreSQL and Redis.
+
+Every test runs on PostgreSQL + Redis and on the embedded default; those marked
+``ALSO_ON_RABBITMQ`` (a one-off job, a retry lineage, a cron chain, a killed pool
+process) run on PostgreSQL + RabbitMQ too, as does the message delivered twice.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ import json
 import os
 import re
 import signal
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, select
 
-from tests.acceptance.conftest import Processes, wait_until
+from tests.acceptance.conftest import ALSO_ON_RABBITMQ, RABBITMQ, Processes, wait_until
+from tests.acceptance.test_forged_messages import publish
 from worker_bridge import WorkerJobConfig, schedule_cron_job, schedule_job
 from worker_bridge.job import Job
 from worker_bridge.models import JobState, WorkerJob
@@ -34,6 +42,7 @@ def _executions(tmp_path: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+@ALSO_ON_RABBITMQ
 def test_one_off_jobs_run_and_their_result_lands(processes: Processes, fetch: Fetch) -> None:
     processes.worker()
     processes.dispatcher()
@@ -52,6 +61,7 @@ def test_one_off_jobs_run_and_their_result_lands(processes: Processes, fetch: Fe
     assert done_async.result == {"async": True, "data": {"n": 5}}
 
 
+@ALSO_ON_RABBITMQ
 def test_failure_with_auto_retry_gives_a_lineage(
     processes: Processes, fetch: Fetch, engine: Engine
 ) -> None:
@@ -109,6 +119,7 @@ def _chain(engine: Engine, job_type: str) -> list[WorkerJob]:
         return [Job.from_row(row) for row in rows]
 
 
+@ALSO_ON_RABBITMQ
 def test_six_field_cron_job_chains_its_runs(processes: Processes, engine: Engine) -> None:
     worker = processes.worker()
     processes.dispatcher()
@@ -180,6 +191,7 @@ def test_a_job_cancelled_after_dispatch_never_runs(
     assert _executions(tmp_path) == []
 
 
+@ALSO_ON_RABBITMQ
 def test_a_job_whose_worker_process_is_killed_runs_again(
     processes: Processes, fetch: Fetch, tmp_path: Path
 ) -> None:
@@ -198,6 +210,41 @@ def test_a_job_whose_worker_process_is_killed_runs_again(
     assert done.attempts == 2
     assert done.result["pid"] != pool_pid
     assert len(_executions(tmp_path)) == 1  # the killed run never reached its end
+
+
+@pytest.mark.parametrize("backend", ["postgresql", RABBITMQ])
+def test_a_message_delivered_twice_runs_its_job_once(
+    processes: Processes, fetch: Fetch, job_factory: Callable[..., WorkerJob], tmp_path: Path
+) -> None:
+    """The broker delivers a dispatched row's message twice (a redelivery, a duplicate
+    publish): the copy that arrives while the job runs is skipped with one line, and the
+    job runs once. No dispatcher runs, so no other message names the row."""
+    worker = processes.worker("w1", 2)
+    processes.wait_ready(worker)  # RabbitMQ drops a message published before its queue exists
+    token = f"real-{uuid.uuid4()}"
+    row = job_factory(
+        type="record",
+        user_id=1,
+        data={"sleep": 1.5},
+        dispatched_at=datetime.now(UTC),
+        task_id=token,
+    )
+    for _ in range(2):
+        publish(
+            processes.env["CELERY_BROKER_URL"],
+            task="jobs.record",
+            task_id=token,
+            kwargs={"job_id": row.id, "user_id": 1},
+        )
+    done = wait_until(lambda: _finished(fetch, row.id), 30, "the job to finish")
+    wait_until(
+        lambda: f"job {row.id}: skipped: the row is already" in processes.log_of(worker),
+        15,
+        "the worker to skip the second copy",
+    )
+    assert done.state is JobState.SUCCEEDED and done.attempts == 1 and done.task_id == token
+    assert [e["job_id"] for e in _executions(tmp_path)] == [row.id]
+    assert worker.poll() is None
 
 
 def test_a_killed_worker_main_process_is_replaced_and_the_job_reruns(

@@ -1,7 +1,8 @@
 """End to end on PostgreSQL and Redis only: what the embedded SQLite default does not offer.
 
 Several dispatchers at once need SKIP LOCKED; `celery inspect` needs a broker
-with broadcast (kombu's SQLAlchemy transport has none).
+with broadcast (kombu's SQLAlchemy transport has none). The two dispatchers run
+on PostgreSQL + RabbitMQ too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from tests.acceptance.conftest import ROOT, Processes, wait_until
+from tests.acceptance.conftest import RABBITMQ, ROOT, Processes, wait_until
 from worker_bridge import WorkerJobConfig, schedule_job
 from worker_bridge.models import WorkerJob
 
@@ -34,10 +35,12 @@ def _executions(tmp_path: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+@pytest.mark.parametrize(
+    ("backend", "total"), [("postgresql", 2000), (RABBITMQ, 600)], ids=["postgresql", RABBITMQ]
+)
 def test_two_dispatchers_two_workers_run_each_job_exactly_once(
-    processes: Processes, engine: Engine, tmp_path: Path
+    processes: Processes, engine: Engine, tmp_path: Path, total: int
 ) -> None:
-    total = 2000
     processes.worker("w1")
     processes.worker("w2")
     processes.dispatcher("d1")

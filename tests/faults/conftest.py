@@ -65,7 +65,7 @@ class Report:
 
     def line(self) -> str:
         return (
-            f"{self.name:<44} jobs={self.jobs:<4} faults={self.faults:<3} lost={self.lost} "
+            f"{self.name:<58} jobs={self.jobs:<4} faults={self.faults:<3} lost={self.lost} "
             f"duplicated={self.duplicated} recovery={self.recovery:.1f}s"
         )
 

@@ -1,4 +1,8 @@
-"""Faults injected into a running workload; the invariants must hold after recovery."""
+"""Faults injected into a running workload; the invariants must hold after recovery.
+
+The kill faults and the PostgreSQL restart run on Redis and on RabbitMQ (``BOTH_BROKERS``);
+RabbitMQ's own restart is in test_rabbitmq.py.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import redis
 from sqlalchemy import Engine, delete
 
-from tests.acceptance.conftest import Processes, wait_until
+from tests.acceptance.conftest import RABBITMQ, Processes, wait_until
 from tests.conftest import REDIS_HOST
 from tests.faults.conftest import Workload
 from worker_bridge import WorkerJobConfig, schedule_job
@@ -21,6 +26,13 @@ from worker_bridge.models import JobState, WorkerJob
 from worker_bridge.store import store_for
 
 SETTLE = 120
+#: PostgreSQL + Redis, and PostgreSQL + RabbitMQ.
+BOTH_BROKERS = pytest.mark.parametrize("backend", ["postgresql", RABBITMQ])
+
+
+def _named(name: str, backend: str) -> str:
+    """The fault's line in the summary, naming the broker when it is not Redis."""
+    return f"{name} (RabbitMQ)" if backend == RABBITMQ else name
 
 
 def _assert_clean(report: object) -> None:
@@ -35,8 +47,9 @@ def _running_pool_pid(workload: Workload) -> int | None:
     return None
 
 
+@BOTH_BROKERS
 def test_sigkill_of_pool_processes_and_of_the_worker(
-    processes: Processes, workload: Workload
+    processes: Processes, workload: Workload, backend: str
 ) -> None:
     worker = processes.worker("w1", 2)
     processes.worker("w2", 2)
@@ -59,13 +72,14 @@ def test_sigkill_of_pool_processes_and_of_the_worker(
     processes.worker("w3", 2)
     settled = workload.settle(SETTLE)
     report = workload.verify(
-        "SIGKILL pool process x2, worker main process", faults, fault_time, settled
+        _named("SIGKILL pool process x2, worker main process", backend), faults, fault_time, settled
     )
     _assert_clean(report)
 
 
+@BOTH_BROKERS
 def test_sigkill_of_the_dispatcher_at_random_moments(
-    processes: Processes, workload: Workload
+    processes: Processes, workload: Workload, backend: str
 ) -> None:
     processes.worker("w1", 2)
     rng = random.Random(11)
@@ -81,7 +95,9 @@ def test_sigkill_of_the_dispatcher_at_random_moments(
     workload.snapshot()
     processes.dispatcher("d-final")
     settled = workload.settle(SETTLE)
-    report = workload.verify("SIGKILL dispatcher x6 at random moments", faults, fault_time, settled)
+    report = workload.verify(
+        _named("SIGKILL dispatcher x6 at random moments", backend), faults, fault_time, settled
+    )
     _assert_clean(report)
 
 
@@ -157,8 +173,9 @@ def _postgres_cluster() -> tuple[str, str]:
     return version, "main"
 
 
+@BOTH_BROKERS
 def test_postgresql_restarted_while_workers_write_results(
-    processes: Processes, workload: Workload
+    processes: Processes, workload: Workload, backend: str
 ) -> None:
     processes.worker("w1", 2)
     processes.dispatcher()
@@ -174,7 +191,9 @@ def test_postgresql_restarted_while_workers_write_results(
         timeout=120,
     )
     settled = workload.settle(SETTLE)
-    report = workload.verify("PostgreSQL restarted under load", 1, fault_time, settled)
+    report = workload.verify(
+        _named("PostgreSQL restarted under load", backend), 1, fault_time, settled
+    )
     _assert_clean(report)
 
 

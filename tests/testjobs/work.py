@@ -28,15 +28,20 @@ def _record(params: JobParams, phase: str) -> None:
 
 
 def _retries(params: JobParams) -> int:
+    """How many retries precede this row: its own reads ride out a database restart
+    (the fault suite restarts PostgreSQL under it), so that it fails only on purpose."""
 
-    depth, parent = 0, params.job.rescheduled_from_job
-    with params.app.engine.connect() as connection:
-        while parent is not None and depth < 50:
-            row = store_for(connection).get_job(connection, parent)
-            if row is None or row.type != params.job.type or row.cron_schedule:
-                break
-            depth, parent = depth + 1, row.rescheduled_from_job
-    return depth
+    def count() -> int:
+        depth, parent = 0, params.job.rescheduled_from_job
+        with params.app.engine.connect() as connection:
+            while parent is not None and depth < 50:
+                row = store_for(connection).get_job(connection, parent)
+                if row is None or row.type != params.job.type or row.cron_schedule:
+                    break
+                depth, parent = depth + 1, row.rescheduled_from_job
+        return depth
+
+    return params.app.reconnecting("work: counting retries", count, 30)
 
 
 def run(params: JobParams) -> dict[str, Any]:
