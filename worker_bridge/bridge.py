@@ -145,7 +145,7 @@ class ProcessBridge:
         self._bridge: BridgeApp | None = None
         self._pid: int | None = None
 
-    def get(self, build: Any) -> BridgeApp:
+    def get(self, build: Callable[[], BridgeApp]) -> BridgeApp:
         """This process's bridge, built with ``build()`` (a BridgeApp factory) if it has none."""
         bridge = self._bridge
         if bridge is not None and self._pid == os.getpid():
