@@ -84,10 +84,16 @@ def test_flower_shows_jobs_with_their_row_ids_and_states(
         assert f"'user_id': {job.user_id}" in task["kwargs"]
         # Failures are the table's business: the task itself ends normally.
         assert task["state"] == "SUCCESS"
-    workers = _get(port, "/api/workers")
-    assert any(name.startswith("wf@") for name in workers)
-    registered = next(w for n, w in workers.items() if n.startswith("wf@")).get("registered", [])
-    assert "jobs.echo" in registered
+
+    def registered() -> list[str] | None:
+        # Flower fills a worker's registered tasks from a broadcast inspect it
+        # runs on its own schedule; refresh=1 asks for it now, and it may
+        # still answer before the reply has come in.
+        workers = _try_get(port, "/api/workers?refresh=1") or {}
+        names = next((w.get("registered") for n, w in workers.items() if n.startswith("wf@")), None)
+        return names if names and "jobs.echo" in names else None
+
+    assert "jobs.fail" in wait_until(registered, 30, "Flower to list the worker's job tasks")
 
     with pytest.raises(urllib.error.HTTPError) as denied:
         _get(port, "/api/tasks", auth=None)
