@@ -90,14 +90,7 @@ class Attempt:
         if job is None:
             return AttemptReport()
         if job.type != self.job_type:
-            outcome = Outcome(
-                success=False,
-                result=error_result(
-                    f"message for task jobs.{self.job_type} named row {job.id} of type {job.type}",
-                    "TaskMismatchError",
-                ),
-                remove_at=None,
-            )
+            outcome = mismatch_outcome(self.job_type, job)
             return AttemptReport(job, outcome, self.write(job, outcome))
         heartbeat = self.process.heartbeat
         heartbeat.add(job.id, self.token)
@@ -109,19 +102,7 @@ class Attempt:
             written = self.write(job, outcome)
         finally:
             heartbeat.remove(job.id)
-        duration = time.monotonic() - started
-        if written.written:
-            what = "succeeded" if outcome.success else f"failed: {outcome.result.get('error')}"
-            then = ""
-            if written.follow_up is not None:
-                kind = "retry" if outcome.follow_up_reason is FollowUpReason.RETRY else "next run"
-                follow_up = written.follow_up
-                then = f"; {kind} is job {follow_up.id} due {follow_up.due.isoformat()}"
-            log.info(
-                "job %s (%s, user %s) %s in %.3fs%s",
-                job.id, job.type, job.user_id, what, duration, then,
-                extra={"duration": duration, "success": outcome.success},
-            )  # fmt: skip
+        log_outcome(log, job, outcome, written, time.monotonic() - started)
         return AttemptReport(job, outcome, written)
 
     def claim(self) -> Job | None:
@@ -138,7 +119,7 @@ class Attempt:
         # to be free and look again before refusing it.
         with self.bridge.engine.begin() as connection:
             store.wait_for_dispatch_commit(
-                connection, self.job_id, timeout_ms=CLAIM_LOCK_TIMEOUT_MS
+                connection, [self.job_id], timeout_ms=CLAIM_LOCK_TIMEOUT_MS
             )
         with self.bridge.autocommit.begin() as connection:
             claimed = store.claim_job(
@@ -153,37 +134,97 @@ class Attempt:
 
     def call(self, job: Job, log: Any) -> tuple[Any, BaseException | dict[str, Any] | None]:
         """Run the job's ``run()`` on its own copy of the row; (returned, error)."""
-        try:
-            runner = self.bridge.jobs.runner(job.type)
-            params = JobParams(app=self.bridge, log=log, job=job.with_own_data())
-            if self.bridge.jobs.is_async(runner):
-                return asyncio.run(runner(params)), None
-            return runner(params), None
-        except self.soft_timeouts:
-            return None, error_result(
-                f"job exceeded the soft time limit ({self.soft_limit} s) and was stopped",
-                "SoftTimeLimitExceeded",
-            )
-        except Exception as exc:
-            return None, exc
+        return call_run(self.bridge, job, log, self.soft_timeouts, self.soft_limit)
 
     def decide(
         self, job: Job, returned: Any, error: BaseException | dict[str, Any] | None
     ) -> Outcome:
         """The outcome of a run that returned ``returned`` or failed with ``error``."""
-        settings = self.bridge.settings
-        return decide_outcome(
-            job,
-            now=self.clock(),
-            timezone=settings.timezone,
-            returned=returned,
-            error=error,
-            max_result_bytes=settings.max_result_bytes,
-        )
+        return decide_run(self.bridge, job, self.clock(), returned, error)
 
     def write(self, job: Job, outcome: Outcome) -> WrittenOutcome:
         """Write ``outcome`` for this attempt in one store call, retried through outages."""
         return write_outcome(self.process, job, self.token, outcome, clock=self.clock)
+
+
+#: The ``exception`` of the error result of a run stopped by the soft time limit.
+SOFT_TIME_LIMIT = "SoftTimeLimitExceeded"
+
+
+def mismatch_outcome(job_type: str, job: Job) -> Outcome:
+    """The failure of row ``job`` claimed by a message for another type's task."""
+    return Outcome(
+        success=False,
+        result=error_result(
+            f"message for task jobs.{job_type} named row {job.id} of type {job.type}",
+            "TaskMismatchError",
+        ),
+        remove_at=None,
+    )
+
+
+def call_run(
+    bridge: BridgeApp,
+    job: Job,
+    log: Any,
+    soft_timeouts: tuple[type[BaseException], ...] = (),
+    soft_limit: float | None = None,
+) -> tuple[Any, BaseException | dict[str, Any] | None]:
+    """Run ``job``'s ``run()`` on its own copy of the row; (returned, error).
+
+    ``error`` is what it raised, or a ready error result when ``soft_timeouts``
+    stopped it (its ``exception`` is :data:`SOFT_TIME_LIMIT`).
+    """
+    try:
+        runner = bridge.jobs.runner(job.type)
+        params = JobParams(app=bridge, log=log, job=job.with_own_data())
+        if bridge.jobs.is_async(runner):
+            return asyncio.run(runner(params)), None
+        return runner(params), None
+    except soft_timeouts:
+        return None, error_result(
+            f"job exceeded the soft time limit ({soft_limit} s) and was stopped", SOFT_TIME_LIMIT
+        )
+    except Exception as exc:
+        return None, exc
+
+
+def decide_run(
+    bridge: BridgeApp,
+    job: Job,
+    now: datetime,
+    returned: Any,
+    error: BaseException | dict[str, Any] | None,
+) -> Outcome:
+    """The outcome of ``job``'s run that ended at ``now``, under the bridge's settings."""
+    settings = bridge.settings
+    return decide_outcome(
+        job,
+        now=now,
+        timezone=settings.timezone,
+        returned=returned,
+        error=error,
+        max_result_bytes=settings.max_result_bytes,
+    )
+
+
+def log_outcome(
+    log: Any, job: Job, outcome: Outcome, written: WrittenOutcome, duration: float
+) -> None:
+    """The one line of a finished run whose outcome was written."""
+    if not written.written:
+        return
+    what = "succeeded" if outcome.success else f"failed: {outcome.result.get('error')}"
+    then = ""
+    if written.follow_up is not None:
+        kind = "retry" if outcome.follow_up_reason is FollowUpReason.RETRY else "next run"
+        follow_up = written.follow_up
+        then = f"; {kind} is job {follow_up.id} due {follow_up.due.isoformat()}"
+    log.info(
+        "job %s (%s, user %s) %s in %.3fs%s",
+        job.id, job.type, job.user_id, what, duration, then,
+        extra={"duration": duration, "success": outcome.success},
+    )  # fmt: skip
 
 
 def write_outcome(

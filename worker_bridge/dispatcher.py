@@ -18,7 +18,8 @@ everything it marked. So a crash can neither lose a job nor run it twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,9 @@ from sqlalchemy.exc import DBAPIError
 
 from worker_bridge.attempt import Clock, utcnow
 from worker_bridge.bridge import BridgeApp
-from worker_bridge.errors import DatabaseUnavailableError
+from worker_bridge.errors import DatabaseUnavailableError, JobModuleError
 from worker_bridge.job import Job
+from worker_bridge.loader import JobRegistry
 from worker_bridge.maintenance import REMOVAL_JOB, JobRecovery, JobRemoval
 from worker_bridge.store import Recovered
 from worker_bridge.tasks import task_name
@@ -57,6 +59,52 @@ class DispatchReport:
     saturated: bool = False
     #: Whether max_in_flight stopped the pass (workers have not caught up).
     throttled: bool = False
+
+
+def group_into_messages(jobs: Sequence[Job], batch_size: Callable[[str], int]) -> list[list[Job]]:
+    """Which rows travel together: one list per message, in the order of ``jobs``.
+
+    A type whose ``batch_size`` is K > 1 has its n rows split into
+    ceil(n / K) messages of nearly equal size (so that they spread over the
+    workers), the first message where its first row stood; every other row,
+    and a batched type's lone row, goes alone, so a single due job's latency
+    is what it would be without batching.
+    """
+    by_type: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_type.setdefault(job.type, []).append(job)
+    chunks: dict[str, list[list[Job]]] = {}
+    for job_type, rows in by_type.items():
+        size = batch_size(job_type)
+        if size <= 1 or len(rows) == 1:
+            continue
+        count = -(-len(rows) // size)
+        base, extra = divmod(len(rows), count)
+        start = 0
+        chunks[job_type] = []
+        for number in range(count):
+            end = start + base + (1 if number < extra else 0)
+            chunks[job_type].append(rows[start:end])
+            start = end
+    messages: list[list[Job]] = []
+    for job in jobs:
+        batched = chunks.get(job.type)
+        if batched is None:
+            messages.append([job])
+        elif batched and batched[0][0] is job:
+            messages.append(batched.pop(0))
+    return messages
+
+
+def _batch_size(registry: JobRegistry) -> Callable[[str], int]:
+    def size(job_type: str) -> int:
+        try:
+            return registry.options(job_type).batch_size
+        except JobModuleError:
+            # Sent alone: the worker records the module's error on the row.
+            return 1
+
+    return size
 
 
 class SentEventBatch:
@@ -184,14 +232,30 @@ class Dispatcher:
                     error,
                     extra={"job_id": job.id, "job_type": job.type},
                 )
+            messages = group_into_messages(sendable, _batch_size(registry))
+            sendable = []
+            for message in messages:
+                if len(message) > 1:
+                    # A batch's rows share one token, the message's task id.
+                    token = message[0].task_id
+                    assert token is not None
+                    store.share_token(connection, [job.id for job in message], token)
+                    message[:] = [replace(job, task_id=token) for job in message]
+                sendable.extend(message)
             # Publishing inside the transaction: see the module docstring.
             with self.celery.producer_or_acquire() as producer:
-                sent_events = SentEventBatch(self.celery, producer, len(sendable))
-                for job in sendable:
+                sent_events = SentEventBatch(self.celery, producer, len(messages))
+                for message in messages:
+                    first = message[0]
+                    kwargs: dict[str, Any] = (
+                        {"job_id": first.id, "user_id": first.user_id}
+                        if len(message) == 1
+                        else {"job_ids": [job.id for job in message]}
+                    )
                     self.celery.send_task(
-                        task_name(job.type),
-                        kwargs={"job_id": job.id, "user_id": job.user_id},
-                        task_id=job.task_id,
+                        task_name(first.type),
+                        kwargs=kwargs,
+                        task_id=first.task_id,
                         producer=producer,
                         event_dispatcher=sent_events,
                         # The worker's own time limits apply, not the dispatcher's.

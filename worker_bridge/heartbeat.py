@@ -49,6 +49,10 @@ class Heartbeat:
         with self._lock:
             self._attempts.pop(job_id, None)
 
+    def is_beating(self, job_id: int, token: str) -> bool:
+        """Whether attempt ``token`` of row ``job_id`` is kept alive (not refused by the table)."""
+        return self._attempts.get(job_id) == token
+
     def running(self) -> list[tuple[int, str]]:
         """The attempts being kept alive."""
         with self._lock:

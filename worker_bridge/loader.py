@@ -1,4 +1,11 @@
-"""The jobs package: which job types exist, and loading a type's module."""
+"""The jobs package: which job types exist, loading a type's module, and its options.
+
+A job module may declare, beside ``run(params)``::
+
+    BATCH_SIZE = 100   # opt in to batched execution: up to 100 due rows per message
+
+Options are read once per process, when the module is first loaded.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import inspect
 import pkgutil
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -14,6 +22,35 @@ from worker_bridge.errors import ConfigurationError, JobModuleError, UnknownJobT
 
 #: A job's entry point: ``run(params)``, plain or ``async``.
 JobRunner = Callable[[Any], Any]
+
+#: Largest ``BATCH_SIZE`` a job module may declare: one message's rows are
+#: claimed, heartbeated and finished by single statements.
+MAX_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """What a job module declares about how its jobs are sent and run."""
+
+    #: Most due rows the dispatcher sends in one message (``BATCH_SIZE``); 1
+    #: sends every row alone, as Celery does with tasks.
+    batch_size: int = 1
+
+    @property
+    def batched(self) -> bool:
+        """Whether several rows of this type may share one message."""
+        return self.batch_size > 1
+
+
+def read_options(module: ModuleType) -> JobOptions:
+    """The options a job module declares; JobModuleError names a bad one."""
+    size = getattr(module, "BATCH_SIZE", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
+        raise JobModuleError(
+            f"job module {module.__name__}: BATCH_SIZE must be an int from 1 to "
+            f"{MAX_BATCH_SIZE}, got {size!r}"
+        )
+    return JobOptions(batch_size=size)
 
 
 class JobRegistry:
@@ -27,6 +64,7 @@ class JobRegistry:
         self.package = package
         self._types: frozenset[str] | None = None
         self._runners: dict[str, JobRunner] = {}
+        self._options: dict[str, JobOptions] = {}
         self._lock = threading.Lock()
 
     def _package_module(self) -> ModuleType:
@@ -71,10 +109,24 @@ class JobRegistry:
     def runner(self, job_type: str) -> JobRunner:
         """The ``run`` function of the job type's module, imported once."""
         runner = self._runners.get(job_type)
-        if runner is not None:
-            return runner
+        if runner is None:
+            self._load(job_type)
+            runner = self._runners[job_type]
+        return runner
+
+    def options(self, job_type: str) -> JobOptions:
+        """The options the job type's module declares (loading it once)."""
+        options = self._options.get(job_type)
+        if options is None:
+            self._load(job_type)
+            options = self._options[job_type]
+        return options
+
+    def _load(self, job_type: str) -> None:
         self.check_type(job_type)
         with self._lock:
+            if job_type in self._runners:
+                return
             module_name = f"{self.package}.{job_type}"
             try:
                 module = importlib.import_module(module_name)
@@ -85,8 +137,8 @@ class JobRegistry:
             run: JobRunner | None = getattr(module, "run", None)
             if run is None or not callable(run):
                 raise JobModuleError(f"job module {module_name} defines no run(params) function")
+            self._options[job_type] = read_options(module)
             self._runners[job_type] = run
-            return run
 
     @staticmethod
     def is_async(runner: JobRunner) -> bool:

@@ -1,9 +1,11 @@
-"""The Celery task wrapper: one task per job type, each running an :class:`Attempt`.
+"""The Celery task wrapper: one task per job type, each running an attempt.
 
 Each job type is registered as its own task, ``jobs.<type>``, with keyword
-arguments ``job_id`` and ``user_id``. The task checks the message, builds an
-attempt from it (the Celery task id is the attempt token, see ``attempt``)
-and runs it on the app's bridge and this process's worker state.
+arguments ``job_id`` and ``user_id`` for one row, or ``job_ids`` for a batch
+of rows of a batched type (see ``batch``). The task checks the message, builds
+an :class:`Attempt` or a :class:`BatchAttempt` from it (the Celery task id is
+the attempt token, see ``attempt``) and runs it on the app's bridge and this
+process's worker state.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from celery.worker.request import Request
 from kombu.exceptions import ContentDisallowed
 
 from worker_bridge.attempt import Attempt, record_hard_timeout, utcnow
+from worker_bridge.batch import BatchAttempt
+from worker_bridge.loader import MAX_BATCH_SIZE
 from worker_bridge.maintenance import JobRecovery
+from worker_bridge.store import LostAttempt
+from worker_bridge.store.schema import BATCH_STOPPED
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -121,16 +127,31 @@ def _is_worker_lost(exc: BaseException) -> bool:
     return isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
 
 
+def _is_job_id(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value < 2**63
+
+
+def message_rows(kwargs: Any) -> list[int]:
+    """The rows a job message names: its ``job_id``, or its batch's ``job_ids``; [] if neither."""
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    if _is_job_id(kwargs.get("job_id")):
+        return [kwargs["job_id"]]
+    job_ids = kwargs.get("job_ids")
+    if isinstance(job_ids, list) and job_ids and all(_is_job_id(i) for i in job_ids):
+        return job_ids
+    return []
+
+
 def _recover_lost_attempt(request: Request) -> None:
-    job_id = (request.kwargs or {}).get("job_id")
-    if isinstance(job_id, bool) or not isinstance(job_id, int):
+    job_ids = message_rows(request.kwargs)
+    if not job_ids:
         return
     try:
         recovery = JobRecovery(request.task.app.bridge)
-        recovery.recover_attempt(job_id, request.id, utcnow())
+        recovery.recover_attempt(LostAttempt(job_ids, request.id), utcnow())
     except Exception:
         # The heartbeat's timeout still recovers the job; the worker must live on.
-        logger.exception("job %s: its pool process died; could not put it back at once", job_id)
+        logger.exception("jobs %s: their pool process died; could not put them back", job_ids)
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -148,34 +169,48 @@ class JobTask(Task):  # type: ignore[misc]
     ) -> None:
         # A hard time limit kills the pool process mid-run; Celery then calls
         # this in the worker's main process, the only place left to record it.
+        # A batch's killed run cannot say which of its rows was running: every
+        # row whose outcome was not written goes back to pending instead.
         if isinstance(exc, TimeLimitExceeded):
             job_id = (kwargs or {}).get("job_id")
             if isinstance(job_id, int):
                 record_hard_timeout(self.app.worker_process, job_id, task_id, exc)
+            elif message_rows(kwargs):
+                JobRecovery(self.app.bridge).recover_attempt(
+                    LostAttempt(message_rows(kwargs), task_id, BATCH_STOPPED), utcnow()
+                )
 
 
-def execute_job(task: JobTask, job_id: Any = None, user_id: Any = None, **extra: Any) -> None:
+def execute_job(
+    task: JobTask, job_id: Any = None, user_id: Any = None, job_ids: Any = None, **extra: Any
+) -> None:
     """The body of every ``jobs.<type>`` task: check the message, run its attempt."""
     token = task.request.id
-    if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id < 2**63 or extra:
+    batch = message_rows({"job_ids": job_ids}) if job_id is None and user_id is None else []
+    is_batch = len(batch) <= MAX_BATCH_SIZE and len(set(batch)) == len(batch) > 0
+    if extra or not (is_batch or (_is_job_id(job_id) and job_ids is None)):
         logger.error(
             "task %s[%s]: refused: expected keyword arguments job_id (int) and user_id, "
-            "got job_id=%r%s",
+            "or job_ids (a list of at most %d distinct ints), got job_id=%r%s%s",
             task.name,
             token,
+            MAX_BATCH_SIZE,
             job_id,
+            "" if job_ids is None else f" and job_ids={job_ids!r:.200}",
             f" and unexpected {sorted(extra)}" if extra else "",
         )
         return
-    Attempt(
-        task.app.worker_process,
-        job_id=job_id,
-        token=token,
-        job_type=task.job_type,
-        worker=f"{task.request.hostname or socket.gethostname()}:{os.getpid()}",
-        soft_timeouts=(SoftTimeLimitExceeded,),
-        soft_limit=task.soft_time_limit or task.app.conf.task_soft_time_limit,
-    ).execute()
+    how = {
+        "token": token,
+        "job_type": task.job_type,
+        "worker": f"{task.request.hostname or socket.gethostname()}:{os.getpid()}",
+        "soft_timeouts": (SoftTimeLimitExceeded,),
+        "soft_limit": task.soft_time_limit or task.app.conf.task_soft_time_limit,
+    }
+    if is_batch:
+        BatchAttempt(task.app.worker_process, job_ids=batch, **how).execute()
+    else:
+        Attempt(task.app.worker_process, job_id=job_id, **how).execute()
 
 
 def register_job_tasks(celery: Celery, registry: JobRegistry) -> list[str]:
@@ -189,4 +224,4 @@ def register_job_tasks(celery: Celery, registry: JobRegistry) -> list[str]:
     return names
 
 
-__all__ = ["JobTask", "execute_job", "register_job_tasks", "task_name"]
+__all__ = ["JobTask", "execute_job", "message_rows", "register_job_tasks", "task_name"]

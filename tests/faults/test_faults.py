@@ -47,10 +47,11 @@ def _running_pool_pid(workload: Workload) -> int | None:
     return None
 
 
-@BOTH_BROKERS
-def test_sigkill_of_pool_processes_and_of_the_worker(
-    processes: Processes, workload: Workload, backend: str
-) -> None:
+def _kill_pool_processes_then_a_worker(
+    processes: Processes, workload: Workload
+) -> tuple[float, int]:
+    """Run the workload on two workers; SIGKILL two pool processes mid-job, then a whole
+    worker, and start another; (when the faults began, how many)."""
     worker = processes.worker("w1", 2)
     processes.worker("w2", 2)
     processes.dispatcher()
@@ -70,11 +71,40 @@ def test_sigkill_of_pool_processes_and_of_the_worker(
     worker.wait(10)
     faults += 1
     processes.worker("w3", 2)
+    return fault_time, faults
+
+
+@BOTH_BROKERS
+def test_sigkill_of_pool_processes_and_of_the_worker(
+    processes: Processes, workload: Workload, backend: str
+) -> None:
+    fault_time, faults = _kill_pool_processes_then_a_worker(processes, workload)
     settled = workload.settle(SETTLE)
     report = workload.verify(
         _named("SIGKILL pool process x2, worker main process", backend), faults, fault_time, settled
     )
     _assert_clean(report)
+
+
+def test_sigkill_of_pool_processes_and_of_the_worker_in_batched_mode(
+    processes: Processes, checker: Engine, tmp_path: Path
+) -> None:
+    # The same workload and kills, with the job type batched (up to 20 rows per
+    # message): a kill takes back every row of the batch whose outcome was not
+    # written, and only those run again.
+    workload = Workload(checker, tmp_path, job_type="work_batched")
+    fault_time, faults = _kill_pool_processes_then_a_worker(processes, workload)
+    settled = workload.settle(SETTLE)
+    report = workload.verify(
+        "SIGKILL pool process x2, worker main process, batched",
+        faults,
+        fault_time,
+        settled,
+        allow_rerun=True,
+    )
+    _assert_clean(report)
+    shared = {job.task_id for job in workload.rows() if job.task_id}
+    assert len(shared) < len(workload.rows()), "no two rows travelled in one message"
 
 
 @BOTH_BROKERS
@@ -218,7 +248,9 @@ def test_duplicate_messages_and_messages_for_gone_rows(
     for raw in client.lrange("celery", 0, -1):  # every message delivered twice
         client.lpush("celery", raw)
     with checker.begin() as connection:
-        assert store_for(connection).cancel_job(connection, cancelled.id, now=_now(), reason="by the test")
+        assert store_for(connection).cancel_job(
+            connection, cancelled.id, now=_now(), reason="by the test"
+        )
         connection.execute(
             delete(WorkerJob.__table__).where(WorkerJob.__table__.c.id == deleted.id)
         )

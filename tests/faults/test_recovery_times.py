@@ -40,9 +40,7 @@ def _dispatcher(processes: Processes) -> subprocess.Popen[bytes]:
                   "--pidfile", str(processes.log_dir / "d1.pid"))  # fmt: skip
 
 
-def _run_and_kill(
-    processes: Processes, workload: Workload, kill: str
-) -> tuple[Job, Job, float]:
+def _run_and_kill(processes: Processes, workload: Workload, kill: str) -> tuple[Job, Job, float]:
     """Start a 4-second job, kill its pool process or its whole worker, wait for the rerun."""
     first = _worker(processes, "w1")
     _dispatcher(processes)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 
 from worker_bridge.bridge import BridgeApp
-from worker_bridge.store import Recovered
+from worker_bridge.store import LostAttempt, Recovered
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +67,15 @@ class JobRecovery:
         _log(recovered)
         return recovered
 
-    def recover_attempt(self, job_id: int, token: str, now: datetime) -> list[Recovered]:
-        """Take back at once the running attempt ``token`` of row ``job_id``, reported lost.
+    def recover_attempt(self, lost: LostAttempt, now: datetime) -> list[Recovered]:
+        """Take back at once the rows of the running attempt ``lost``, reported lost.
 
         The worker's main process calls this when the pool process running the
-        attempt died: the row goes back to pending (or is cancelled in favour
-        of a pending job of its pair) and the dispatchers are woken to send it
-        again, instead of waiting out ``heartbeat_timeout``. Nothing happens
-        when the row no longer carries ``token``.
+        attempt died, and a batch for the rows it did not reach: the rows go
+        back to pending (or are cancelled in favour of a pending job of their
+        pair) and the dispatchers are woken to send them again, instead of
+        waiting out ``heartbeat_timeout``. A row that no longer carries the
+        attempt's token, or is finished, is left alone.
         """
         with self.bridge.engine.begin() as connection:
             recovered = self.bridge.store.recover_lost_jobs(
@@ -83,7 +84,7 @@ class JobRecovery:
                 stale_before=_NEVER,
                 heartbeat_before=_NEVER,
                 redispatch_before=None,
-                lost_attempt=(job_id, token),
+                lost_attempt=lost,
             )
             if recovered:
                 self.bridge.store.notify_dispatchers(connection)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError
 from worker_bridge.errors import ConfigurationError
 from worker_bridge.store.base import Store
 from worker_bridge.store.postgresql import PostgreSQLStore
-from worker_bridge.store.records import Recovered, WrittenOutcome
+from worker_bridge.store.records import LostAttempt, Recovered, WrittenOutcome
 from worker_bridge.store.reports import JobStats, JobSummary, Lineage
 from worker_bridge.store.schema import cancellation_result
 from worker_bridge.store.sqlite import SQLiteStore
@@ -55,6 +55,7 @@ __all__ = [
     "JobStats",
     "JobSummary",
     "Lineage",
+    "LostAttempt",
     "PostgreSQLStore",
     "Recovered",
     "SQLiteStore",

@@ -22,9 +22,10 @@ from sqlalchemy.exc import DBAPIError
 from worker_bridge.job import Job, NewJob
 from worker_bridge.outcome import Outcome
 from worker_bridge.store import reports
-from worker_bridge.store.records import Recovered, WrittenOutcome
+from worker_bridge.store.records import LostAttempt, Recovered, WrittenOutcome
 from worker_bridge.store.schema import (
     CLAIM,
+    CLAIM_MANY,
     FINISH,
     all_columns,
     cancellation_result,
@@ -109,14 +110,7 @@ class Store(ABC):
 
     def describe_refusal(self, connection: Connection, job_id: int, token: str) -> str:
         """Why row ``job_id`` refused attempt ``token`` (for the one log line)."""
-        job = self.get_job(connection, job_id)
-        if job is None:
-            return "the row does not exist (removed, or a forged message)"
-        if job.finished is not None:
-            return f"the row is already {job.state.value}"
-        if job.task_id != token:
-            return "the message is outdated: the row was sent again under another task id"
-        return "the row is already running"
+        return refusal_reason(self.get_job(connection, job_id), token)
 
     # --- scheduling -----------------------------------------------------------------
 
@@ -238,6 +232,16 @@ class Store(ABC):
             )
         )
 
+    def share_token(self, connection: Connection, job_ids: Sequence[int], token: str) -> None:
+        """Give dispatched rows ``job_ids`` one attempt token: the batch message's task id.
+
+        Call in the dispatching transaction, before publishing; the rows'
+        own tokens from :meth:`claim_due_jobs` were never published.
+        """
+        connection.execute(
+            update(jobs_table).where(jobs_table.c.id.in_(list(job_ids))).values(task_id=token)
+        )
+
     def count_in_flight(self, connection: Connection) -> int:
         """How many live rows are dispatched but not started (messages in the broker)."""
         count: int = connection.execute(
@@ -272,10 +276,43 @@ class Store(ABC):
         row = connection.execute(CLAIM, params).one_or_none()
         return None if row is None else Job.from_row(row)
 
+    def claim_jobs(
+        self,
+        connection: Connection,
+        job_ids: Sequence[int],
+        token: str,
+        *,
+        worker: str,
+        now: datetime,
+    ) -> list[Job]:
+        """Start the attempt ``token`` on every row of ``job_ids`` that allows it, in id order.
+
+        A batch's claim: one conditional UPDATE, with :meth:`claim_job`'s rule
+        for each row; the rows that refuse it are left out.
+        """
+        params = {"job_ids": list(job_ids), "token": token, "claimed_by": worker, "now": now}
+        rows = connection.execute(CLAIM_MANY, params)
+        return sorted((Job.from_row(row) for row in rows), key=lambda job: job.id)
+
+    def still_held(self, connection: Connection, job_ids: Sequence[int], token: str) -> set[int]:
+        """Which rows of ``job_ids`` are unfinished and still carry attempt ``token``.
+
+        A batch asks before each row's turn: a row cancelled, or recovered
+        and sent again, since the batch claimed it is not run.
+        """
+        held = connection.execute(
+            select(jobs_table.c.id).where(
+                jobs_table.c.id.in_(list(job_ids))
+                & (jobs_table.c.task_id == token)
+                & jobs_table.c.finished.is_(None)
+            )
+        ).scalars()
+        return set(held)
+
     def wait_for_dispatch_commit(  # noqa: B027
-        self, connection: Connection, job_id: int, *, timeout_ms: int
+        self, connection: Connection, job_ids: Sequence[int], *, timeout_ms: int
     ) -> None:
-        """Block until no other transaction holds row ``job_id`` (at most ``timeout_ms``).
+        """Block until no other transaction holds rows ``job_ids`` (at most ``timeout_ms``).
 
         A dispatcher publishes before it commits, so a fast worker's claim can
         see the row as it was before the dispatch and miss it; after this wait
@@ -348,6 +385,26 @@ class Store(ABC):
         transaction, it is part of the caller's.
         """
 
+    def write_outcomes(
+        self,
+        connection: Connection,
+        token: str,
+        outcomes: Sequence[tuple[Job, Outcome]],
+        *,
+        now: datetime,
+        stale_before: datetime,
+    ) -> list[WrittenOutcome]:
+        """Write the outcomes of several rows of attempt ``token`` (a batch), in one transaction.
+
+        The same as :meth:`write_outcome` for each (job, outcome) in turn,
+        answering in the same order; call in a transaction, so that they
+        commit together. This portable form writes them one by one.
+        """
+        return [
+            self.write_outcome(connection, job, token, outcome, now=now, stale_before=stale_before)
+            for job, outcome in outcomes
+        ]
+
     # --- maintenance ----------------------------------------------------------------
 
     @abstractmethod
@@ -359,7 +416,7 @@ class Store(ABC):
         stale_before: datetime,
         heartbeat_before: datetime,
         redispatch_before: datetime | None,
-        lost_attempt: tuple[int, str] | None = None,
+        lost_attempt: LostAttempt | None = None,
         limit: int = 1000,
     ) -> list[Recovered]:
         """Put back to pending every live row whose attempt is presumed lost.
@@ -368,8 +425,8 @@ class Store(ABC):
         (a lost message; None leaves such rows alone, for while the broker
         holds a backlog); started, with a heartbeat older than
         ``heartbeat_before`` (a dead or stalled worker); or started before
-        ``stale_before`` (the seed's rule); and the running attempt
-        ``lost_attempt`` (row id, token), which its worker reported lost. A
+        ``stale_before`` (the seed's rule); and the started rows of
+        ``lost_attempt``, which its worker reported lost. A
         started row whose pair already
         has an unstarted pending job is cancelled in favour of that job
         instead, keeping one pending job per pair.
@@ -400,3 +457,14 @@ class Store(ABC):
         )
         result = connection.execute(delete(jobs_table).where(jobs_table.c.id.in_(removable)))
         return result.rowcount
+
+
+def refusal_reason(job: Job | None, token: str) -> str:
+    """Why ``job`` (None: no such row) refuses a claim by attempt ``token``."""
+    if job is None:
+        return "the row does not exist (removed, or a forged message)"
+    if job.finished is not None:
+        return f"the row is already {job.state.value}"
+    if job.task_id != token:
+        return "the message is outdated: the row was sent again under another task id"
+    return "the row is already running"

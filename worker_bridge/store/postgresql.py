@@ -12,7 +12,18 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, func, select, text
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Connection,
+    Engine,
+    any_,
+    bindparam,
+    create_engine,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -25,6 +36,7 @@ from worker_bridge.store.driver import DriverStatement
 from worker_bridge.store.postgresql_recovery import RECOVER_LOST
 from worker_bridge.store.postgresql_statements import (
     CLAIM_DUE,
+    FINISH_MANY,
     FINISH_WITH_FOLLOW_UP,
     INSERT_BATCH,
     LOCK_PAIR,
@@ -32,11 +44,12 @@ from worker_bridge.store.postgresql_statements import (
     NEXT_IDS,
     SUPERSEDE_AND_INSERT,
 )
-from worker_bridge.store.records import Recovered, WrittenOutcome
+from worker_bridge.store.records import LostAttempt, Recovered, WrittenOutcome
 from worker_bridge.store.schema import (
     CLAIM,
     FINISH,
     JOB_WIDTH,
+    claim_statement,
     finish_params,
     job_values,
     jobs_table,
@@ -65,6 +78,12 @@ _CLAIM_ASYNC_COMMIT = CLAIM.returning(
     func.set_config("synchronous_commit", "off", True).label("commit_mode")
 )
 _CLAIM_ON_DRIVER = DriverStatement(_CLAIM_ASYNC_COMMIT)
+# A batch's claim, the same way; the ids are one array parameter.
+_CLAIM_MANY_ON_DRIVER = DriverStatement(
+    claim_statement(
+        jobs_table.c.id == any_(bindparam("job_ids", type_=ARRAY(BigInteger)))
+    ).returning(func.set_config("synchronous_commit", "off", True).label("commit_mode"))
+)
 
 _FINISH_ON_DRIVER = DriverStatement(FINISH, json=("outcome",))
 
@@ -171,9 +190,7 @@ class PostgreSQLStore(Store):
     ) -> list[Job]:  # fmt: skip
         if not jobs:
             return []
-        pairs = sorted({(job.type, job.user_id) for job in jobs})
-        keys = json_dumps([{"type": job_type, "user_id": user_id} for job_type, user_id in pairs])
-        connection.execute(LOCK_PAIRS, {"keys": keys})
+        self._lock_pairs(connection, jobs)
         # Ids drawn in order, and only once the pairs are ours: they fix which job
         # supersedes which, and a later writer of a pair always gets larger ids.
         ids = sorted(connection.execute(NEXT_IDS, {"n": len(jobs)}).scalars())
@@ -188,6 +205,11 @@ class PostgreSQLStore(Store):
         )
         return sorted((Job.from_row(row) for row in result), key=lambda job: job.id)
 
+    def _lock_pairs(self, connection: Connection, jobs: Sequence[NewJob]) -> None:
+        pairs = sorted({(job.type, job.user_id) for job in jobs})
+        keys = json_dumps([{"type": job_type, "user_id": user_id} for job_type, user_id in pairs])
+        connection.execute(LOCK_PAIRS, {"keys": keys})
+
     def claim_due_jobs(self, connection: Connection, *, now: datetime, limit: int) -> list[Job]:
         rows = connection.execute(CLAIM_DUE, {"now": now, "limit": limit})
         return sorted((Job.from_row(row) for row in rows), key=lambda job: job.due)
@@ -199,15 +221,30 @@ class PostgreSQLStore(Store):
         row = _CLAIM_ON_DRIVER.execute(connection, params).fetchone()
         return None if row is None else Job.from_row(row, JOB_WIDTH)
 
+    def claim_jobs(
+        self,
+        connection: Connection,
+        job_ids: Sequence[int],
+        token: str,
+        *,
+        worker: str,
+        now: datetime,
+    ) -> list[Job]:
+        params = {"job_ids": list(job_ids), "token": token, "claimed_by": worker, "now": now}
+        rows = _CLAIM_MANY_ON_DRIVER.execute(connection, params).fetchall()
+        return sorted((Job.from_row(row, JOB_WIDTH) for row in rows), key=lambda job: job.id)
+
     def wait_for_dispatch_commit(
-        self, connection: Connection, job_id: int, *, timeout_ms: int
+        self, connection: Connection, job_ids: Sequence[int], *, timeout_ms: int
     ) -> None:
-        # Call inside a transaction: the lock taken here is released when it ends.
+        # Call inside a transaction: the locks taken here are released when it ends.
         connection.execute(
             text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{timeout_ms}ms"}
         )
         connection.execute(
-            select(jobs_table.c.id).where(jobs_table.c.id == job_id).with_for_update(read=True)
+            select(jobs_table.c.id)
+            .where(jobs_table.c.id.in_(list(job_ids)))
+            .with_for_update(read=True)
         )
 
     def finish_job(
@@ -269,6 +306,50 @@ class PostgreSQLStore(Store):
             return WrittenOutcome(False)
         return WrittenOutcome(True, Job.from_row(row))
 
+    def write_outcomes(
+        self,
+        connection: Connection,
+        token: str,
+        outcomes: Sequence[tuple[Job, Outcome]],
+        *,
+        now: datetime,
+        stale_before: datetime,
+    ) -> list[WrittenOutcome]:
+        # Four statements for a whole batch, whatever its size: the follow-ups'
+        # pair locks (taken before any finish, as write_outcome takes them),
+        # every finish, then the follow-ups of the rows whose finish applied.
+        if not outcomes:
+            return []
+        follow_ups = [outcome.follow_up for _, outcome in outcomes if outcome.follow_up]
+        if follow_ups:
+            self._lock_pairs(connection, follow_ups)
+        finishes = json_dumps(
+            [
+                {
+                    "id": job.id,
+                    "succeeded": outcome.success,
+                    "outcome": outcome.result,
+                    "removable_at": None
+                    if outcome.remove_at is None
+                    else outcome.remove_at.isoformat(),
+                }
+                for job, outcome in outcomes
+            ]
+        )
+        written = set(
+            connection.execute(
+                FINISH_MANY, {"outcomes": finishes, "token": token, "now": now}
+            ).scalars()
+        )
+        inserted = self.supersede_and_insert_many(
+            connection,
+            [job for job in follow_ups if job.rescheduled_from_job in written],
+            now=now,
+            stale_before=stale_before,
+        )
+        by_origin = {job.rescheduled_from_job: job for job in inserted}
+        return [WrittenOutcome(job.id in written, by_origin.get(job.id)) for job, _ in outcomes]
+
     def recover_lost_jobs(
         self,
         connection: Connection,
@@ -277,23 +358,26 @@ class PostgreSQLStore(Store):
         stale_before: datetime,
         heartbeat_before: datetime,
         redispatch_before: datetime | None,
-        lost_attempt: tuple[int, str] | None = None,
+        lost_attempt: LostAttempt | None = None,
         limit: int = 1000,
     ) -> list[Recovered]:
-        lost_id, lost_token = lost_attempt or (None, None)
-        rows = connection.execute(
-            RECOVER_LOST,
-            {
-                "redispatch_lost": redispatch_before is not None,
-                "now": now,
-                "stale_before": stale_before,
-                "heartbeat_before": heartbeat_before,
-                "redispatch_before": redispatch_before or now,
-                "lost_id": lost_id,
-                "lost_token": lost_token,
-                "limit": limit,
-            },
-        )
+        params: dict[str, Any] = {
+            "redispatch_lost": redispatch_before is not None,
+            "now": now,
+            "stale_before": stale_before,
+            "heartbeat_before": heartbeat_before,
+            "redispatch_before": redispatch_before or now,
+            "lost_ids": [],
+            "lost_token": None,
+            "limit": limit,
+        }
+        if lost_attempt is not None:
+            params.update(
+                lost_ids=list(lost_attempt.job_ids),
+                lost_token=lost_attempt.token,
+                process_lost=lost_attempt.reason,
+            )
+        rows = connection.execute(RECOVER_LOST, params)
         return [Recovered(r.id, r.type, r.user_id, r.reason, r.cancelled_by) for r in rows]
 
     def notify_dispatchers(self, connection: Connection) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     Integer,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -66,9 +68,9 @@ def _recover_lost() -> Any:
         )
         .scalar_subquery()
     )
-    # The attempt a worker reported lost (its pool process died), by row and token.
+    # The attempt a worker reported lost (its pool process died), by rows and token.
     reported = and_(
-        t.c.id == bindparam("lost_id", type_=BigInteger),
+        t.c.id == any_(bindparam("lost_ids", type_=ARRAY(BigInteger))),
         t.c.task_id == bindparam("lost_token", type_=Text),
         t.c.started.isnot(None),
     )

@@ -221,6 +221,42 @@ def _finish_with_follow_up() -> Any:
     return _insert_new_job(new_job, cancelled, pair_lock, ended)
 
 
+def _finish_many() -> Any:
+    # A batch's finishes in one statement: each row's outcome is an element of
+    # one JSON array, and applies, as FINISH does, only while the row carries
+    # the batch's token. ``->`` keeps a JSON null result a JSON null.
+    element = (
+        func.jsonb_array_elements(cast(bindparam("outcomes"), JSONB))
+        .table_valued(column("value", JSONB))
+        .render_derived(name="o")
+    )
+    value = element.c.value
+
+    def field(name: str) -> ColumnElement[Any]:
+        return value.op("->>", return_type=Text)(name)
+
+    return (
+        update(t)
+        .where(
+            t.c.id == cast(field("id"), BigInteger),
+            t.c.task_id == bindparam("token", type_=Text),
+            t.c.started.isnot(None),
+            t.c.finished.is_(None),
+        )
+        .values(
+            finished=now_param(),
+            success=cast(field("succeeded"), Boolean),
+            result=value.op("->", return_type=JSONB)("outcome"),
+            remove_at=cast(field("removable_at"), DateTime(timezone=True)),
+            heartbeat=null(),
+            updated_at=now_param(),
+        )
+        .returning(t.c.id)
+    )
+
+
+#: A batch's finishes (without follow-ups), in one statement.
+FINISH_MANY = _finish_many()
 #: schedule_job's one statement: lock the pair, cancel what it supersedes, insert.
 SUPERSEDE_AND_INSERT = _supersede_and_insert()
 #: An attempt's finish and its follow-up, in one statement.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worker_bridge.job import Job
+from worker_bridge.store.schema import PROCESS_LOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +30,18 @@ class WrittenOutcome:
     written: bool
     #: The follow-up row inserted with the result, if any.
     follow_up: Job | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LostAttempt:
+    """An attempt its worker reported lost, for :meth:`Store.recover_lost_jobs`.
+
+    A batch's rows share their message's token, so one attempt may hold several rows.
+    """
+
+    #: The rows the attempt holds (one for a lone job).
+    job_ids: Sequence[int]
+    #: The attempt token: only rows still carrying it are taken back.
+    token: str
+    #: Why the attempt is lost, recorded as the ``Recovered.reason``.
+    reason: str = PROCESS_LOST

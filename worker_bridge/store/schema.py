@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, update
 
 from worker_bridge.job import CANCELLED_MARK, FIELDS, NewJob
 from worker_bridge.models import UTCDateTime, WorkerJob
@@ -35,6 +35,7 @@ LOST_MESSAGE = "dispatched but not started"
 STALE_START = "started longer than stale_after ago"
 LOST_HEARTBEAT = "heartbeat older than heartbeat_timeout"
 PROCESS_LOST = "its worker process died while running it"
+BATCH_STOPPED = "its batch stopped before its turn (time limit)"
 
 
 def cancellation_result(cancelled_by: int | None, reason: str) -> dict[str, Any]:
@@ -75,26 +76,37 @@ PAIR_LOCK_BUCKETS = 1024
 PAIR_LOCK_CLASS = 0x776A6273
 
 
-# The worker's claim. "Neither started nor finished" is not written as two
-# IS NULL tests: those imply the predicate of the partial index of pending
-# rows, and a plan cached while that index was small would then scan all of
-# it instead of looking the id up in the primary key.
-CLAIM = (
-    update(jobs_table)
-    .where(
-        (jobs_table.c.id == bindparam("job_id"))
-        & (jobs_table.c.task_id == bindparam("token"))
-        & func.coalesce(jobs_table.c.started, jobs_table.c.finished).is_(None)
+def claim_statement(which: ColumnElement[bool]) -> Any:
+    """The worker's claim of the rows ``which`` selects, for the message's ``token``.
+
+    It applies to a row only while the row carries the token and is neither
+    started nor finished. "Neither started nor finished" is not written as
+    two IS NULL tests: those imply the predicate of the partial index of
+    pending rows, and a plan cached while that index was small would then scan
+    all of it instead of looking the id up in the primary key.
+    """
+    return (
+        update(jobs_table)
+        .where(
+            which
+            & (jobs_table.c.task_id == bindparam("token"))
+            & func.coalesce(jobs_table.c.started, jobs_table.c.finished).is_(None)
+        )
+        .values(
+            started=bindparam("now", type_=UTCDateTime),
+            heartbeat=bindparam("now", type_=UTCDateTime),
+            worker=bindparam("claimed_by"),
+            attempts=jobs_table.c.attempts + 1,
+            updated_at=bindparam("now", type_=UTCDateTime),
+        )
+        .returning(*all_columns)
     )
-    .values(
-        started=bindparam("now", type_=UTCDateTime),
-        heartbeat=bindparam("now", type_=UTCDateTime),
-        worker=bindparam("claimed_by"),
-        attempts=jobs_table.c.attempts + 1,
-        updated_at=bindparam("now", type_=UTCDateTime),
-    )
-    .returning(*all_columns)
-)
+
+
+#: The claim of one row, ``job_id``.
+CLAIM = claim_statement(jobs_table.c.id == bindparam("job_id"))
+#: A batch's claim: every row of ``job_ids`` (a batch's rows share their message's token).
+CLAIM_MANY = claim_statement(jobs_table.c.id.in_(bindparam("job_ids", expanding=True)))
 # The worker's finish: the end of an attempt, only while the row carries its token.
 FINISH = (
     update(jobs_table)

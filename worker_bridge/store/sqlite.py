@@ -23,12 +23,11 @@ from worker_bridge.job import Job, NewJob
 from worker_bridge.outcome import Outcome
 from worker_bridge.payload import json_dumps
 from worker_bridge.store.base import Store
-from worker_bridge.store.records import Recovered, WrittenOutcome
+from worker_bridge.store.records import LostAttempt, Recovered, WrittenOutcome
 from worker_bridge.store.schema import (
     LOST_AND_SUPERSEDED,
     LOST_HEARTBEAT,
     LOST_MESSAGE,
-    PROCESS_LOST,
     STALE_START,
     SUPERSEDED,
     all_columns,
@@ -215,15 +214,15 @@ class SQLiteStore(Store):
         stale_before: datetime,
         heartbeat_before: datetime,
         redispatch_before: datetime | None,
-        lost_attempt: tuple[int, str] | None = None,
+        lost_attempt: LostAttempt | None = None,
         limit: int = 1000,
     ) -> list[Recovered]:
         redispatch_before = redispatch_before or _EPOCH
         started = jobs_table.c.started
-        lost_id, lost_token = lost_attempt or (None, None)
+        lost_ids = list(lost_attempt.job_ids) if lost_attempt else []
         reported = (
-            (jobs_table.c.id == lost_id)
-            & (jobs_table.c.task_id == lost_token)
+            jobs_table.c.id.in_(lost_ids)
+            & (jobs_table.c.task_id == (lost_attempt.token if lost_attempt else None))
             & started.isnot(None)
         )
         lost = connection.execute(
@@ -252,8 +251,8 @@ class SQLiteStore(Store):
         ).all()
         recovered = []
         for job_id, job_type, user_id, started_at, was_reported in lost:
-            if was_reported:
-                reason = PROCESS_LOST
+            if was_reported and lost_attempt is not None:
+                reason = lost_attempt.reason
             elif started_at is None:
                 reason = LOST_MESSAGE
             elif started_at < stale_before:
