@@ -23,8 +23,11 @@ from bench.measurements import ITEMS, Bench, say
 from bench.report import Line, describe_machine, format_table
 
 #: --quick: a smoke run of a few hundred jobs, about a minute.
-QUICK = {"n": 300, "latency_jobs": 50, "cron_fires": 3, "rounds": 2}
-DEFAULTS = {"n": 20_000, "latency_jobs": 1_000, "cron_fires": 60, "rounds": 3}
+QUICK = {"n": 300, "latency_jobs": 50, "cron_fires": 3, "rounds": 2, "backlogs": "200,400"}
+DEFAULTS = {
+    "n": 20_000, "latency_jobs": 1_000, "cron_fires": 60, "rounds": 3,
+    "backlogs": "4000,20000,100000",
+}
 
 ITEM_NAMES = {
     1: "scheduling rate",
@@ -35,6 +38,7 @@ ITEM_NAMES = {
     6: "scale",
     7: "dispatcher alone",
     8: "peers",
+    9: "flat in the backlog",
 }
 
 
@@ -51,12 +55,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fires of the every-second cron job (default 60)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of items 2 and 3, alternating (default 3)")
+    parser.add_argument("--backlogs", default=None,
+                        help="item 9's backlogs, comma-separated (default 4000,20000,100000)")
     parser.add_argument("--scale", action="store_true",
                         help="also run item 6 (inserts 1.1M rows first)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: defaults become {QUICK}")
     parser.add_argument("--only", metavar="ITEMS", default=None,
-                        help="comma-separated items to run, e.g. 2,4 (default: 1-5, 7 and 8)")
+                        help="comma-separated items to run, e.g. 2,4 (default: every item but 6)")
     parser.add_argument("--redis-db", type=int, default=13,
                         help="Redis database number to use and flush (default 13)")
     parser.add_argument("--keep-db", action="store_true",
@@ -67,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, default)
     if min(args.n, args.latency_jobs, args.cron_fires, args.rounds) < 1:
         parser.error("--n, --latency-jobs, --cron-fires and --rounds must be at least 1")
+    try:
+        args.backlogs = [int(part) for part in str(args.backlogs).split(",")]
+    except ValueError:
+        parser.error(f"--backlogs: {args.backlogs!r} is not comma-separated whole numbers")
+    if not args.backlogs or min(args.backlogs) < 1:
+        parser.error("--backlogs: every backlog must be at least 1")
     try:
         args.items = selected_items(args.only, args.scale)
     except ValueError as exc:
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         processes = Processes(process_env(db.url, redis_db.url), log_dir)
         machine = describe_machine(db.engine, redis_db.info("redis_version"))
         bench = Bench(db, redis_db, processes, n=args.n, latency_jobs=args.latency_jobs,
-                      cron_fires=args.cron_fires, rounds=args.rounds)
+                      cron_fires=args.cron_fires, rounds=args.rounds, backlogs=args.backlogs)
         errors = run_items(bench, processes, args.items)
     except (KeyboardInterrupt, Interrupted):
         interrupted = True

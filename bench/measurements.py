@@ -71,8 +71,16 @@ LATENCY_SPACING = 0.007
 
 #: Item 3's target: the median over the rounds of 2 / 3a.
 RATIO_TARGET = 0.75
+#: Item 2b's job type (``bench.jobs.noop_batched``) and its BATCH_SIZE.
+BATCHED_TYPE = "noop_batched"
+BATCHED_SIZE = 100
+#: Item 3's target for batched mode: the median over the rounds of 2b / 3a.
+BATCHED_RATIO_TARGET = 3.0
+#: Item 9: the backlogs drained, and how far each rate may stray from their median.
+BACKLOGS = (4_000, 20_000, 100_000)
+FLAT_TOLERANCE = 0.15
 
-ITEMS = (1, 2, 3, 4, 5, 6, 7, 8)
+ITEMS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 
 def say(message: str) -> None:
@@ -136,6 +144,7 @@ class Bench:
         latency_jobs: int,
         cron_fires: int,
         rounds: int = 3,
+        backlogs: Sequence[int] = BACKLOGS,
     ) -> None:
         self.db = db
         self.redis = redis_db
@@ -144,6 +153,7 @@ class Bench:
         self.latency_jobs = latency_jobs
         self.cron_fires = cron_fires
         self.rounds = rounds
+        self.backlogs = tuple(backlogs)
         self.lines: list[Line] = []
         #: Measurements that failed inside an item that went on (a peer of item 8).
         self.failures = 0
@@ -271,13 +281,13 @@ class Bench:
                         ],
                     )
 
-    def insert_due_later(self, count: int) -> float:
-        """Insert ``count`` noop rows due at one instant T0 after they are all
-        committed; return T0 (epoch seconds)."""
+    def insert_due_later(self, count: int, job_type: str = "noop") -> float:
+        """Insert ``count`` rows of ``job_type`` due at one instant T0 after they are
+        all committed; return T0 (epoch seconds)."""
         margin = 2.0 + count / INSERT_RATE_FLOOR
         t0 = datetime.now(UTC) + timedelta(seconds=margin)
         say(f"inserting {count:,} rows due at T0 = now + {margin:.1f} s")
-        self.insert_jobs("noop", range(1, count + 1), t0)
+        self.insert_jobs(job_type, range(1, count + 1), t0)
         left = t0.timestamp() - time.time()
         if left < 0.2:
             raise BenchError(
@@ -364,21 +374,24 @@ class Bench:
 
     # --- item 2: end-to-end throughput ------------------------------------------
 
-    def throughput(self) -> Run:
-        """N no-op jobs due at T0, worker and dispatcher warm: jobs/s from T0 to the
-        last finish; CPU of the worker, the dispatcher, the database and Redis."""
+    def throughput(self, job_type: str = "noop", n: int | None = None) -> Run:
+        """N no-op jobs of ``job_type`` due at T0, worker and dispatcher warm: jobs/s
+        from T0 to the last finish; CPU of the worker, the dispatcher, the database
+        and Redis."""
+        n = self.n if n is None else n
         self.reset()
         self.start_bridge()
-        t0 = self.insert_due_later(self.n)
+        t0 = self.insert_due_later(n, job_type)
         before = self.cpu_sample()
-        self._wait_unfinished("noop", self.n, f"{self.n:,} no-op jobs to finish")
+        self._wait_unfinished(job_type, n, f"{n:,} {job_type} jobs to finish")
         after = self.cpu_sample()
         last = self.scalar(
             "SELECT extract(epoch FROM max(finished)) FROM worker_jobs "
-            "WHERE type = 'noop' AND user_id BETWEEN 1 AND :n",
-            n=self.n,
+            "WHERE type = :type AND user_id BETWEEN 1 AND :n",
+            type=job_type,
+            n=n,
         )
-        return Run(self.n / (float(last) - t0), self.cpu_per_job(before, after, self.n))
+        return Run(n / (float(last) - t0), self.cpu_per_job(before, after, n))
 
     def item2(self) -> None:
         self._rounds(bridge=True, bare=False)
@@ -388,6 +401,7 @@ class Bench:
         from bench.bare_app import BRIDGE_SETTINGS, DEFAULTS
 
         ours: list[Run] = []
+        batched: list[Run] = []
         defaults: list[Run] = []
         same: list[Run] = []
         for number in range(1, self.rounds + 1):
@@ -396,6 +410,9 @@ class Bench:
                 say(f"2, {round_text}: end-to-end throughput of {self.n:,} no-op jobs")
                 ours.append(self.throughput())
                 say(f"2, {round_text}: {ours[-1].rate:,.0f} jobs/s")
+                say(f"2b, {round_text}: the same in batched mode (BATCH_SIZE {BATCHED_SIZE})")
+                batched.append(self.throughput(BATCHED_TYPE))
+                say(f"2b, {round_text}: {batched[-1].rate:,.0f} jobs/s")
             if bare:
                 say(f"3a, {round_text}: {self.n:,} no-op tasks, bare Celery, Celery's defaults")
                 defaults.append(self.bare_run(DEFAULTS))
@@ -410,6 +427,10 @@ class Bench:
             self.lines.append(
                 _median_line(f"2 end-to-end, {self.n:,} no-op jobs, {of}", ours, "jobs/s")
             )
+            self.lines.append(_median_line(
+                f"2b end-to-end, batched mode (BATCH_SIZE {BATCHED_SIZE}), {of}", batched, "jobs/s"
+            ))
+            self.figures["batched"] = statistics.median(run.rate for run in batched)
         if not bare:
             return
         self.lines.append(_median_line(
@@ -420,12 +441,13 @@ class Bench:
             f"3a' bare Celery, the bridge's settings (prefetch 1, events), {of}",
             same, "tasks/s",
         ))
-        for label, yardstick, target in (
-            ("3b ratio 2 / 3a, per round", defaults, RATIO_TARGET),
-            ("3b' ratio 2 / 3a', per round", same, None),
+        for label, mine, yardstick, target in (
+            ("3b ratio 2 / 3a, per round", ours, defaults, RATIO_TARGET),
+            ("3b' ratio 2 / 3a', per round", ours, same, None),
+            ("3d ratio 2b (batched) / 3a, per round", batched, defaults, BATCHED_RATIO_TARGET),
         ):
             if bridge:
-                ratios = [a.rate / b.rate for a, b in zip(ours, yardstick, strict=True)]
+                ratios = [a.rate / b.rate for a, b in zip(mine, yardstick, strict=True)]
                 self.lines.append(_ratio_line(label, ratios, target))
             else:
                 self.lines.append(Line(label, None, "ratio",
@@ -436,6 +458,27 @@ class Bench:
         self.lines.append(
             Line("3c bare Celery publish, no worker (the bridge's settings)", publish, "msgs/s")
         )
+
+    # --- item 9: flat in the backlog --------------------------------------------
+
+    def item9(self) -> None:
+        """Item 2 with backlogs of 4,000, 20,000 and 100,000 due jobs (``--backlogs``)."""
+        rates = []
+        for n in self.backlogs:
+            say(f"9: end-to-end throughput of a backlog of {n:,} no-op jobs")
+            run = self.throughput(n=n)
+            say(f"9: {run.rate:,.0f} jobs/s")
+            rates.append(run.rate)
+            self.lines.append(
+                Line(f"9 end-to-end, backlog of {n:,} due at once", run.rate, "jobs/s",
+                     cpu_us=run.cpu_us)
+            )
+        median = statistics.median(rates)
+        worst = max(abs(rate - median) / median for rate in rates)
+        self.lines.append(Line(
+            "9 flat in the backlog: largest distance from the median", worst * 100, "%",
+            f"<= {FLAT_TOLERANCE * 100:.0f}", worst <= FLAT_TOLERANCE,
+        ))
 
     # --- item 3: bare Celery ----------------------------------------------------
 

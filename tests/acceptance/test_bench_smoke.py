@@ -33,11 +33,13 @@ EXPECTED = [
     "1a' schedule_job, same",
     "1b schedule_jobs, batches",
     "2 end-to-end",
+    "2b end-to-end, batched mode",
     "3a bare Celery, Celery's defaults",
     "3a' bare Celery, the bridge's settings",
     "3b ratio 2 / 3a,",
     "3b' ratio 2 / 3a',",
     "3c bare Celery publish",
+    "3d ratio 2b (batched) / 3a,",
     "4a latency schedule_job -> run(), p50",
     "4b latency schedule_job -> run(), p95",
     "4c latency schedule_job -> run(), p99",
@@ -46,11 +48,14 @@ EXPECTED = [
     "7 dispatcher alone",
     "8a procrastinate",
     "8b pgqueuer",
+    "9 end-to-end, backlog of 200 ",
+    "9 end-to-end, backlog of 400 ",
+    "9 flat in the backlog",
 ]
 #: Lines measured in rounds: a median and the range of the rounds.
-IN_ROUNDS = ["2 ", "3a ", "3a' ", "3b ", "3b' "]
+IN_ROUNDS = ["2 ", "2b ", "3a ", "3a' ", "3b ", "3b' ", "3d "]
 #: Lines with a CPU figure (µs per job); 8a and 8b when their peer is installed.
-WITH_CPU = ["2 ", "3a ", "3a' "]
+WITH_CPU = ["2 ", "2b ", "3a ", "3a' ", "9 end-to-end, backlog of 200 "]
 #: The modules each peer needs.
 PEERS = {"8a": ("procrastinate",), "8b": ("pgqueuer", "asyncpg")}
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")
@@ -125,4 +130,6 @@ def test_quick_benchmark_prints_every_measurement() -> None:
         cpu = row(prefix)[4]
         assert NUMBER.match(cpu), f"line {prefix!r} has no CPU figure: {cpu!r}\n{output}"
     assert row("3b ")[5] == ">= 0.75" and row("3b ")[6] in ("met", "NOT met"), output
+    assert row("3d ")[5] == ">= 3.00" and row("3d ")[6] in ("met", "NOT met"), output
+    assert row("9 flat")[5] == "<= 15" and row("9 flat")[6] in ("met", "NOT met"), output
     assert "machine:" in output and "PostgreSQL" in output and "Redis" in output, output
