@@ -123,7 +123,8 @@ def test_quick_benchmark_prints_every_measurement() -> None:
         spread = row(prefix)[3]
         assert RANGE.match(spread), f"line {prefix!r} has no range: {spread!r}\n{output}"
     cpu_lines = WITH_CPU + [
-        key for key, modules in PEERS.items()
+        key
+        for key, modules in PEERS.items()
         if all(importlib.util.find_spec(module) is not None for module in modules)
     ]
     for prefix in cpu_lines:

@@ -177,7 +177,9 @@ def test_a_job_cancelled_after_dispatch_never_runs(
     job = schedule_job(WorkerJobConfig(type="record", user_id=1))
     wait_until(lambda: fetch(job.id).dispatched_at, 30, "the job to be dispatched")
     with engine.begin() as connection:
-        assert store_for(connection).cancel_job(connection, job.id, now=datetime.now(UTC), reason="by the test")
+        assert store_for(connection).cancel_job(
+            connection, job.id, now=datetime.now(UTC), reason="by the test"
+        )
     worker = processes.worker()
     marker = schedule_job(WorkerJobConfig(type="echo", user_id=1))
     wait_until(lambda: _finished(fetch, marker.id), 30, "a later job to run")

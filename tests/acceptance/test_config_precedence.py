@@ -243,8 +243,7 @@ def test_a_worker_writes_follow_ups_on_its_config_modules_clock(
     def everything_written() -> list[WorkerJob] | None:
         with engine.connect() as connection:
             found = [
-                Job.from_row(r)
-                for r in connection.execute(select(table).order_by(table.c.id))
+                Job.from_row(r) for r in connection.execute(select(table).order_by(table.c.id))
             ]
         done = [j for j in found if j.rescheduled_from_job is None and j.finished is not None]
         follow_ups = [j for j in found if j.rescheduled_from_job is not None]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.acceptance.conftest import Processes, wait_until
-from worker_bridge import WorkerJobConfig, schedule_job
+from worker_bridge import WorkerJobConfig, schedule_job, schedule_jobs
 from worker_bridge.models import WorkerJob
 
 AUTH = "admin:flower-secret"
@@ -68,11 +68,13 @@ def test_flower_shows_jobs_with_their_row_ids_and_states(
 
     ok = schedule_job(WorkerJobConfig(type="echo", user_id=31, data={"x": 1}))
     bad = schedule_job(WorkerJobConfig(type="fail", user_id=32))
+    # Due together, so that one dispatcher pass sends them in batches.
+    batch = schedule_jobs([WorkerJobConfig(type="batched", user_id=40 + i) for i in range(6)])
 
     def tasks_done() -> dict[str, Any] | None:
         tasks = _try_get(port, "/api/tasks") or {}
         finished = {t.get("state") for t in tasks.values()}
-        return tasks if len(tasks) >= 2 and finished <= {"SUCCESS", "FAILURE"} else None
+        return tasks if len(tasks) >= 3 and finished <= {"SUCCESS", "FAILURE"} else None
 
     tasks = wait_until(tasks_done, 60, "Flower to see both jobs finish", interval=0.5)
     for job, name in ((ok, "jobs.echo"), (bad, "jobs.fail")):
@@ -84,6 +86,15 @@ def test_flower_shows_jobs_with_their_row_ids_and_states(
         assert f"'user_id': {job.user_id}" in task["kwargs"]
         # Failures are the table's business: the task itself ends normally.
         assert task["state"] == "SUCCESS"
+
+    # A batch is one task whose arguments list its rows, under the rows' shared task id.
+    batched = {task_id: task for task_id, task in tasks.items() if task["name"] == "jobs.batched"}
+    assert batched and all("'job_ids': [" in task["kwargs"] for task in batched.values())
+    for job in batch:
+        row = fetch(job.id)
+        assert row.success is True and row.task_id in batched
+        assert str(job.id) in batched[row.task_id]["kwargs"]
+    assert len(batched) < len(batch), "the rows went one message each"
 
     def registered() -> list[str] | None:
         # Flower fills a worker's registered tasks from a broadcast inspect it

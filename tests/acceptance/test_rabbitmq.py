@@ -98,8 +98,10 @@ def test_a_job_longer_than_consumer_timeout_runs_once_and_the_worker_lives_on(
     wait_until(lambda: fetch(job.id).state is JobState.RUNNING, 30, "the long job to start")
     # RabbitMQ closes the worker's channel 3 s into the job (the delivery is unacknowledged).
     wait_until(
-        lambda: "delivery acknowledgement on channel" in processes.log_of(worker)
-        or worker.poll() is not None,
+        lambda: (
+            "delivery acknowledgement on channel" in processes.log_of(worker)
+            or worker.poll() is not None
+        ),
         20,
         "RabbitMQ to close the channel at consumer_timeout",
     )
@@ -116,8 +118,7 @@ def test_a_job_longer_than_consumer_timeout_runs_once_and_the_worker_lives_on(
         "the redelivered message to be refused",
     )
     later = [
-        schedule_job(WorkerJobConfig(type="echo", user_id=10 + i, data={"i": i}))
-        for i in range(3)
+        schedule_job(WorkerJobConfig(type="echo", user_id=10 + i, data={"i": i})) for i in range(3)
     ]
     for row in later:
         ran = wait_until(lambda row=row: _finished(fetch, row.id), 30, "a later job")
