@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="rounds of items 2 and 3, alternating (default 3)")
     parser.add_argument("--backlogs", default=None,
                         help="item 9's backlogs, comma-separated (default 4000,20000,100000)")
+    parser.add_argument("--config", default="celeryconfig", metavar="MODULE",
+                        help="Celery config module of the bridge's worker and dispatcher "
+                             "(default celeryconfig), to measure what a setting costs")
     parser.add_argument("--scale", action="store_true",
                         help="also run item 6 (inserts 1.1M rows first)")
     parser.add_argument("--quick", action="store_true",
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         processes = Processes(process_env(db.url, redis_db.url), log_dir)
         machine = describe_machine(db.engine, redis_db.info("redis_version"))
         bench = Bench(db, redis_db, processes, n=args.n, latency_jobs=args.latency_jobs,
-                      cron_fires=args.cron_fires, rounds=args.rounds, backlogs=args.backlogs)
+                      cron_fires=args.cron_fires, rounds=args.rounds, backlogs=args.backlogs,
+                      config=args.config)
         errors = run_items(bench, processes, args.items)
     except (KeyboardInterrupt, Interrupted):
         interrupted = True

@@ -239,10 +239,10 @@ class Processes:
             )
         self.running.append((name, process))
 
-    def worker(self, app: str = "worker_bridge") -> None:
+    def worker(self, app: str = "worker_bridge", config: str = "celeryconfig") -> None:
         self.start(
             "worker", app, "worker", "--concurrency", "2", "-P", "prefork",
-            "--loglevel", "WARNING",
+            "--loglevel", "WARNING", config=config,
         )
 
     def dispatcher(self, config: str = "celeryconfig") -> None:

@@ -145,6 +145,7 @@ class Bench:
         cron_fires: int,
         rounds: int = 3,
         backlogs: Sequence[int] = BACKLOGS,
+        config: str = "celeryconfig",
     ) -> None:
         self.db = db
         self.redis = redis_db
@@ -154,6 +155,8 @@ class Bench:
         self.cron_fires = cron_fires
         self.rounds = rounds
         self.backlogs = tuple(backlogs)
+        #: The Celery config module of the bridge's worker and dispatcher.
+        self.config = config
         self.lines: list[Line] = []
         #: Measurements that failed inside an item that went on (a peer of item 8).
         self.failures = 0
@@ -224,12 +227,13 @@ class Bench:
         the caller measured itself)."""
         return (cpu.used_seconds(before, after) + extra_seconds) * 1e6 / jobs
 
-    def start_bridge(self, *, worker: bool = True, config: str = "celeryconfig") -> None:
+    def start_bridge(self, *, worker: bool = True, config: str | None = None) -> None:
         """Start a worker (optional) and one dispatcher, and wait until they have
         run (or, without worker, dispatched) a few jobs: the measurements leave
         out start-up, imports and first connections."""
+        config = self.config if config is None else config
         if worker:
-            self.processes.worker()
+            self.processes.worker(config=config)
         self.processes.dispatcher(config)
         first = WARMUP_USERS + self._warmups
         self._warmups += WARMUP_JOBS

@@ -122,6 +122,10 @@ class BatchAttempt:
         )  # fmt: skip
         try:
             self._run_in_turn(report)
+        except self.soft_timeouts:
+            # The soft limit struck between two rows' runs (in a write, a look at
+            # the table): the rows not yet run go back to pending, as below.
+            self._release(report)
         finally:
             try:
                 self._write(report)
@@ -188,7 +192,7 @@ class BatchAttempt:
             outcome = decide_run(self.bridge, job, self.clock(), returned, error)
             self._unwritten.append((job, outcome, self.monotonic() - started))
             if isinstance(error, dict) and error.get("exception") == SOFT_TIME_LIMIT:
-                self._release(report, [later.id for later in report.claimed[index + 1 :]])
+                self._release(report)
                 return
 
     def _beating(self, job_id: int) -> bool:
@@ -240,12 +244,15 @@ class BatchAttempt:
                     job.id, self.token, extra={"job_id": job.id},
                 )  # fmt: skip
 
-    def _release(self, report: BatchReport, job_ids: list[int]) -> None:
-        """Hand rows the batch did not reach back to pending, once its outcomes are written."""
+    def _release(self, report: BatchReport) -> None:
+        """Write the outcomes decided so far, then hand every other claimed row back to pending.
+
+        Only rows still unfinished and carrying the batch's token go back: the
+        ones whose outcome was written, and the ones cancelled meanwhile, stay.
+        """
         self._write(report)
-        if not job_ids:
-            return
         recovered = JobRecovery(self.bridge).recover_attempt(
-            LostAttempt(job_ids, self.token, BATCH_STOPPED), self.clock()
+            LostAttempt([job.id for job in report.claimed], self.token, BATCH_STOPPED),
+            self.clock(),
         )
-        report.released = [item.job_id for item in recovered]
+        report.released = sorted(item.job_id for item in recovered)

@@ -7,4 +7,4 @@ broker, database and jobs package come from the environment.
 """
 
 worker_prefetch_multiplier = 4
-worker_send_task_events = False
+worker_send_task_events = True

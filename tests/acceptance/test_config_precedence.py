@@ -12,7 +12,7 @@ unset, and refuses at app creation the two settings its guarantees cannot surviv
 3. a real worker started under that module writes each cron follow-up at the next
    fire time on New York's clock, across both changes;
 4. a real worker started under a module setting ``worker_prefetch_multiplier = 4``
-   and ``worker_send_task_events = False`` runs with them (read back over the
+   and ``worker_send_task_events = True`` runs with them (read back over the
    broadcast mailbox with ``inspect``).
 
 Every expected instant below was worked out by hand from the US rules (EST is
@@ -126,7 +126,7 @@ def test_the_config_modules_timezone_wins() -> None:
 def test_the_config_modules_worker_settings_win() -> None:
     conf = create_celery_app(PREFETCH_CONFIG).conf
     assert conf.worker_prefetch_multiplier == 4
-    assert conf.worker_send_task_events is False
+    assert conf.worker_send_task_events is True
 
 
 def test_keys_the_config_module_leaves_unset_get_the_bridges_values() -> None:
@@ -303,7 +303,7 @@ def test_a_running_worker_uses_the_config_modules_prefetch_and_events(
         )
         stats = wait_until(lambda: reply("stats"), 30, "the worker to answer inspect stats")
     assert conf["worker_prefetch_multiplier"] == 4
-    assert conf["worker_send_task_events"] is False
+    assert conf["worker_send_task_events"] is True
     assert stats["prefetch_count"] == concurrency * 4
     assert stats["pool"]["max-concurrency"] == concurrency
-    assert ".> task events: OFF" in processes.log_of(worker)
+    assert ".> task events: ON" in processes.log_of(worker)

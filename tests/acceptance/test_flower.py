@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import socket
 import urllib.error
@@ -66,6 +67,17 @@ def test_flower_shows_jobs_with_their_row_ids_and_states(
         interval=0.5,
     )
 
+    # Workers send task events only while a monitor asks for them: Flower
+    # switches them on by itself (enable_events), within seconds of starting.
+    probes = itertools.count()
+
+    def events_on() -> bool:
+        schedule_job(WorkerJobConfig(type="echo", user_id=30, data={"probe": next(probes)}))
+        tasks = _try_get(port, "/api/tasks") or {}
+        return any(task.get("state") == "SUCCESS" for task in tasks.values())
+
+    wait_until(events_on, 60, "Flower to switch the worker's task events on", interval=1.0)
+
     ok = schedule_job(WorkerJobConfig(type="echo", user_id=31, data={"x": 1}))
     bad = schedule_job(WorkerJobConfig(type="fail", user_id=32))
     # Due together, so that one dispatcher pass sends them in batches.
@@ -73,8 +85,12 @@ def test_flower_shows_jobs_with_their_row_ids_and_states(
 
     def tasks_done() -> dict[str, Any] | None:
         tasks = _try_get(port, "/api/tasks") or {}
-        finished = {t.get("state") for t in tasks.values()}
-        return tasks if len(tasks) >= 3 and finished <= {"SUCCESS", "FAILURE"} else None
+        rows = [fetch(job.id) for job in (ok, bad, *batch)]
+        ended = all(
+            tasks.get(row.task_id or "", {}).get("state") in ("SUCCESS", "FAILURE")
+            for row in rows
+        )
+        return tasks if ended else None
 
     tasks = wait_until(tasks_done, 60, "Flower to see both jobs finish", interval=0.5)
     for job, name in ((ok, "jobs.echo"), (bad, "jobs.fail")):

@@ -10,6 +10,7 @@ cancelled row not run, a crash re-running only what was not written).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -246,3 +247,30 @@ def test_a_batch_stopped_reason_is_recorded_for_released_rows(
         LostAttempt([rows[0].id], token, BATCH_STOPPED), NOW
     )
     assert [item.reason for item in recovered] == [BATCH_STOPPED]
+
+
+def test_a_soft_time_limit_between_two_rows_hands_back_the_rows_not_run(
+    process: WorkerProcess, job_factory: JobFactory, fetch: Fetch
+) -> None:
+    token, rows = batch_of(job_factory, [{}, {}, {}, {}])
+    readings = itertools.count(1)
+
+    def limit_strikes_before_the_second_row() -> float:
+        # The fifth reading is the second row's look at the clock, after the first ran.
+        if next(readings) == 5:
+            raise SoftLimitHit("the soft time limit was hit between two rows")
+        return 0.0
+
+    report = run_batch(
+        process,
+        token,
+        rows,
+        monotonic=limit_strikes_before_the_second_row,
+        soft_timeouts=(SoftLimitHit,),
+    ).execute()
+
+    assert [job.id for job, _, _ in report.finished] == [rows[0].id]
+    assert fetch(rows[0].id).state is JobState.SUCCEEDED
+    assert report.released == [row.id for row in rows[1:]]
+    assert [fetch(row.id).state for row in rows[1:]] == [JobState.PENDING] * 3
+    assert process.heartbeat.running() == []

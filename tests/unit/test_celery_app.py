@@ -10,7 +10,9 @@ def test_the_app_is_configured_for_the_bridge() -> None:
     conf = app.conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    # Workers send task events only when a monitor asks (Flower does, by itself);
+    # the dispatcher's task-sent events are always sent, batched.
+    assert not conf.worker_send_task_events and conf.task_send_sent_event
     assert conf.beat_scheduler == "worker_bridge.dispatcher:DispatcherScheduler"
     assert conf.task_ignore_result
 
