@@ -34,6 +34,7 @@ from worker_bridge.settings import Settings
 
 if TYPE_CHECKING:
     from worker_bridge.celery_app import BridgeCelery
+    from worker_bridge.control import cancel_job
 
     app: BridgeCelery
     celery: BridgeCelery
@@ -46,6 +47,11 @@ def __getattr__(name: str) -> Any:
         from worker_bridge.celery_app import default_app
 
         return default_app()
+    if name == "cancel_job":
+        # control reaches Celery (to stop a running job): imported on first use.
+        from worker_bridge.control import cancel_job
+
+        return cancel_job
     raise AttributeError(f"module 'worker_bridge' has no attribute {name!r}")
 
 
@@ -62,6 +68,7 @@ __all__ = [
     "WorkerJob",
     "WorkerJobConfig",
     "app",
+    "cancel_job",
     "celery",
     "get_bridge",
     "schedule_cron_job",

@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker_bridge.bridge import BridgeApp
-from worker_bridge.errors import DatabaseUnavailableError
+from worker_bridge.errors import DatabaseUnavailableError, JobFailedError
 from worker_bridge.job import Job
+from worker_bridge.metrics import FAILED, PROCESS, REFUSED, SUCCEEDED
 from worker_bridge.outcome import FollowUpReason, Outcome, decide_outcome, error_result
 from worker_bridge.params import JobParams, job_logger
 from worker_bridge.store import WrittenOutcome
@@ -51,6 +52,25 @@ class AttemptReport:
     outcome: Outcome | None = None
     #: What the store wrote, or None when the attempt wrote nothing.
     written: WrittenOutcome | None = None
+    #: What ``run()`` raised, if it raised.
+    error: BaseException | None = None
+
+    @property
+    def refused(self) -> bool:
+        """Whether the row refused this attempt: its claim, or its result.
+
+        A duplicate or outdated message, or one for a cancelled or deleted
+        row, is refused at the claim; an attempt cancelled or recovered while
+        it ran has its result refused.
+        """
+        return self.job is None or (self.written is not None and not self.written.written)
+
+    def failure(self) -> BaseException | None:
+        """What the Celery task raises for a failed run: ``run()``'s own exception,
+        else a :class:`JobFailedError` naming the recorded error; None on success."""
+        if self.outcome is None or self.outcome.success:
+            return None
+        return self.error if self.error is not None else failed_error(self.outcome.result)
 
 
 class Attempt:
@@ -98,12 +118,15 @@ class Attempt:
         started = time.monotonic()
         log.info("job %s (%s, user %s) started", job.id, job.type, job.user_id)
         try:
-            outcome = self.decide(job, *self.call(job, log))
+            returned, error = self.call(job, log)
+            outcome = self.decide(job, returned, error)
+            heartbeat.ending(job.id)
             written = self.write(job, outcome)
         finally:
             heartbeat.remove(job.id)
         log_outcome(log, job, outcome, written, time.monotonic() - started)
-        return AttemptReport(job, outcome, written)
+        raised = error if isinstance(error, BaseException) else None
+        return AttemptReport(job, outcome, written, raised)
 
     def claim(self) -> Job | None:
         """Start this attempt on its row; None (with one log line) if the row refuses it."""
@@ -126,6 +149,7 @@ class Attempt:
                 connection, self.job_id, self.token, worker=self.worker, now=self.clock()
             )
             if claimed is None:
+                PROCESS.claim_refused(self.job_type)
                 reason = store.describe_refusal(connection, self.job_id, self.token)
                 logger.info(
                     "job %s: skipped: %s", self.job_id, reason, extra={"job_id": self.job_id}
@@ -149,6 +173,13 @@ class Attempt:
 
 #: The ``exception`` of the error result of a run stopped by the soft time limit.
 SOFT_TIME_LIMIT = "SoftTimeLimitExceeded"
+
+
+def failed_error(result: Any) -> JobFailedError:
+    """The exception standing for a failure recorded as ``result`` ({"error", "exception"})."""
+    if isinstance(result, dict):
+        return JobFailedError(f"{result.get('exception')}: {result.get('error')}")
+    return JobFailedError(repr(result))
 
 
 def mismatch_outcome(job_type: str, job: Job) -> Outcome:
@@ -211,9 +242,11 @@ def decide_run(
 def log_outcome(
     log: Any, job: Job, outcome: Outcome, written: WrittenOutcome, duration: float
 ) -> None:
-    """The one line of a finished run whose outcome was written."""
+    """The one line (and the metrics) of a finished run whose outcome was written."""
     if not written.written:
+        PROCESS.finished(job.type, REFUSED, duration)
         return
+    PROCESS.finished(job.type, SUCCEEDED if outcome.success else FAILED, duration)
     what = "succeeded" if outcome.success else f"failed: {outcome.result.get('error')}"
     then = ""
     if written.follow_up is not None:

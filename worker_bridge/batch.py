@@ -40,14 +40,16 @@ from worker_bridge.attempt import (
     Clock,
     call_run,
     decide_run,
+    failed_error,
     log_outcome,
     mismatch_outcome,
     utcnow,
 )
 from worker_bridge.bridge import BridgeApp
-from worker_bridge.errors import DatabaseUnavailableError
+from worker_bridge.errors import DatabaseUnavailableError, JobFailedError
 from worker_bridge.job import Job
 from worker_bridge.maintenance import JobRecovery
+from worker_bridge.metrics import PROCESS
 from worker_bridge.outcome import Outcome
 from worker_bridge.params import job_logger
 from worker_bridge.store import LostAttempt, WrittenOutcome
@@ -74,6 +76,27 @@ class BatchReport:
     skipped: list[int] = field(default_factory=list)
     #: Rows handed back to pending unrun, after a soft time limit stopped the batch.
     released: list[int] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        """Whether the table refused the whole message: no row claimed, or no result kept."""
+        return not any(written.written for _, _, written in self.finished) and not self.released
+
+    def failure(self) -> JobFailedError | None:
+        """What the Celery task raises when a row failed: one error naming each failed row."""
+        failed = [
+            (job, outcome)
+            for job, outcome, written in self.finished
+            if written.written and not outcome.success
+        ]
+        if not failed:
+            return None
+        job, outcome = failed[0]
+        first = failed_error(outcome.result)
+        return JobFailedError(
+            f"{len(failed)} of the {len(self.claimed)} jobs of the batch failed "
+            f"({', '.join(str(job.id) for job, _ in failed)}); job {job.id}: {first}"
+        )
 
 
 class BatchAttempt:
@@ -157,6 +180,7 @@ class BatchAttempt:
             if refused:
                 rows = {job.id: job for job in store.get_jobs(connection, refused)}
                 for job_id in refused:
+                    PROCESS.claim_refused(self.job_type)
                     logger.info(
                         "job %s: skipped: %s",
                         job_id, refusal_reason(rows.get(job_id), self.token),
@@ -210,6 +234,8 @@ class BatchAttempt:
             return
         batch, self._unwritten = self._unwritten, []
         settings = self.bridge.settings
+        for job, _, _ in batch:
+            self.process.heartbeat.ending(job.id)
 
         def write() -> list[WrittenOutcome]:
             now = self.clock()
@@ -235,9 +261,8 @@ class BatchAttempt:
         for (job, outcome, duration), done in zip(batch, written, strict=True):
             self.process.heartbeat.remove(job.id)
             report.finished.append((job, outcome, done))
-            if done.written:
-                log_outcome(job_logger(job), job, outcome, done, duration)
-            else:
+            log_outcome(job_logger(job), job, outcome, done, duration)
+            if not done.written:
                 logger.warning(
                     "job %s: result refused: attempt %s is no longer current (the job was "
                     "cancelled, or recovered and run again)",

@@ -17,8 +17,8 @@ everything it marked. So a crash can neither lose a job nor run it twice.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -28,10 +28,16 @@ from sqlalchemy.exc import DBAPIError
 
 from worker_bridge.attempt import Clock, utcnow
 from worker_bridge.bridge import BridgeApp
-from worker_bridge.errors import DatabaseUnavailableError, JobModuleError
+from worker_bridge.errors import DatabaseUnavailableError
 from worker_bridge.job import Job
-from worker_bridge.loader import JobRegistry
 from worker_bridge.maintenance import REMOVAL_JOB, JobRecovery, JobRemoval
+from worker_bridge.metrics import PROCESS
+from worker_bridge.routing import (
+    group_into_messages,
+    job_options,
+    send_options,
+    within_caps,
+)
 from worker_bridge.store import Recovered
 from worker_bridge.tasks import task_name
 from worker_bridge.wakeup import Waiter
@@ -59,52 +65,6 @@ class DispatchReport:
     saturated: bool = False
     #: Whether max_in_flight stopped the pass (workers have not caught up).
     throttled: bool = False
-
-
-def group_into_messages(jobs: Sequence[Job], batch_size: Callable[[str], int]) -> list[list[Job]]:
-    """Which rows travel together: one list per message, in the order of ``jobs``.
-
-    A type whose ``batch_size`` is K > 1 has its n rows split into
-    ceil(n / K) messages of nearly equal size (so that they spread over the
-    workers), the first message where its first row stood; every other row,
-    and a batched type's lone row, goes alone, so a single due job's latency
-    is what it would be without batching.
-    """
-    by_type: dict[str, list[Job]] = {}
-    for job in jobs:
-        by_type.setdefault(job.type, []).append(job)
-    chunks: dict[str, list[list[Job]]] = {}
-    for job_type, rows in by_type.items():
-        size = batch_size(job_type)
-        if size <= 1 or len(rows) == 1:
-            continue
-        count = -(-len(rows) // size)
-        base, extra = divmod(len(rows), count)
-        start = 0
-        chunks[job_type] = []
-        for number in range(count):
-            end = start + base + (1 if number < extra else 0)
-            chunks[job_type].append(rows[start:end])
-            start = end
-    messages: list[list[Job]] = []
-    for job in jobs:
-        batched = chunks.get(job.type)
-        if batched is None:
-            messages.append([job])
-        elif batched and batched[0][0] is job:
-            messages.append(batched.pop(0))
-    return messages
-
-
-def _batch_size(registry: JobRegistry) -> Callable[[str], int]:
-    def size(job_type: str) -> int:
-        try:
-            return registry.options(job_type).batch_size
-        except JobModuleError:
-            # Sent alone: the worker records the module's error on the row.
-            return 1
-
-    return size
 
 
 class SentEventBatch:
@@ -211,15 +171,23 @@ class Dispatcher:
         """Claim, publish and commit one batch; return (sent, failed as unsendable)."""
         registry = self.bridge.jobs
         store = self.bridge.store
+        options = functools.partial(job_options, registry)
         with self.bridge.engine.begin() as connection:
-            jobs = store.claim_due_jobs(connection, now=now, limit=limit)
+            caps = self.concurrency_caps()
+            live = store.count_live_by_type(connection, sorted(caps))
+            full = sorted(
+                job_type for job_type, cap in caps.items() if live.get(job_type, 0) >= cap
+            )
+            jobs = store.claim_due_jobs(connection, now=now, limit=limit, exclude_types=full)
             if not jobs:
                 return [], []
             known = registry.known_types()
             if any(job.type not in known for job in jobs):
                 known = registry.known_types(refresh=True)
             unsendable = [job for job in jobs if job.type not in known]
-            sendable = [job for job in jobs if job.type in known]
+            sendable, over = within_caps([job for job in jobs if job.type in known], caps, live)
+            # Rows past their type's cap wait in the table for a later pass.
+            store.unclaim_jobs(connection, [job.id for job in over])
             for job in unsendable:
                 error = (
                     f"no job module {registry.package}.{job.type}: the job type is unknown "
@@ -232,7 +200,7 @@ class Dispatcher:
                     error,
                     extra={"job_id": job.id, "job_type": job.type},
                 )
-            messages = group_into_messages(sendable, _batch_size(registry))
+            messages = group_into_messages(sendable, lambda t: options(t).batch_size)
             sendable = []
             for message in messages:
                 if len(message) > 1:
@@ -247,30 +215,49 @@ class Dispatcher:
                 sent_events = SentEventBatch(self.celery, producer, len(messages))
                 for message in messages:
                     first = message[0]
-                    kwargs: dict[str, Any] = (
-                        {"job_id": first.id, "user_id": first.user_id}
-                        if len(message) == 1
-                        else {"job_ids": [job.id for job in message]}
-                    )
                     self.celery.send_task(
                         task_name(first.type),
-                        kwargs=kwargs,
+                        kwargs=(
+                            {"job_id": first.id, "user_id": first.user_id}
+                            if len(message) == 1
+                            else {"job_ids": [job.id for job in message]}
+                        ),
                         task_id=first.task_id,
                         producer=producer,
                         event_dispatcher=sent_events,
-                        # The worker's own time limits apply, not the dispatcher's.
-                        time_limit=None,
-                        soft_time_limit=None,
+                        **send_options(options(first.type)),
                     )
                 sent_events.flush()
+        for job in sendable:
+            PROCESS.dispatched(job.type, (now - job.due).total_seconds())
         if sendable:
             logger.debug("dispatched %d jobs", len(sendable))
         return sendable, unsendable
 
+    def concurrency_caps(self) -> dict[str, int]:
+        """``MAX_CONCURRENCY`` of every job type that declares one."""
+        registry = self.bridge.jobs
+        caps = {}
+        for job_type in registry.known_types():
+            cap = job_options(registry, job_type).max_concurrency
+            if cap is not None:
+                caps[job_type] = cap
+        return caps
+
+    def job_queues(self) -> set[str]:
+        """Every queue a job type's messages may go to: the default one and the types' own."""
+        registry = self.bridge.jobs
+        conf = self.celery.conf
+        queues = {conf.task_default_queue, *(q.name for q in conf.task_queues or ())}
+        for job_type in registry.known_types():
+            queue = job_options(registry, job_type).queue
+            if queue is not None:
+                queues.add(queue)
+        return queues
+
     def broker_backlog(self) -> int | None:
         """Messages waiting in the job queues, or None if the broker cannot say."""
-        conf = self.celery.conf
-        names = {conf.task_default_queue, *(q.name for q in conf.task_queues or ())}
+        names = self.job_queues()
         try:
             with self.celery.connection_for_read() as connection:
                 channel = connection.default_channel

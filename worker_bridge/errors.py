@@ -14,7 +14,11 @@
     │   └── InvalidCronError          (also ValueError) a cron string that cannot be parsed
     ├── PendingJobConflictError       another writer added a pending job of the pair first
     ├── DatabaseUnavailableError      the database stayed unreachable past the reconnect patience
-    └── JobModuleError                a job module that cannot be imported or has no run()
+    ├── JobModuleError                a job module that cannot be imported or has no run()
+    ├── JobNotFoundError              (also LookupError) no row with that id
+    ├── JobFinishedError              (also ValueError) the row has finished: nothing to cancel
+    └── JobFailedError                a job's run failed; what its Celery task raises when run()
+                                      raised nothing of its own (a time limit, a bad result)
 
 Validation errors also subclass ValueError or TypeError so that callers who
 catch the built-in kind keep working.
@@ -82,3 +86,22 @@ class DatabaseUnavailableError(WorkerBridgeError):
 
 class JobModuleError(WorkerBridgeError):
     """A job module failed to import or does not define a callable run()."""
+
+
+class JobNotFoundError(WorkerBridgeError, LookupError):
+    """No row of ``worker_jobs`` has the id asked for."""
+
+
+class JobFinishedError(WorkerBridgeError, ValueError):
+    """The row has already finished (succeeded, failed or cancelled): it cannot be cancelled."""
+
+
+class JobFailedError(WorkerBridgeError):
+    """A job's run failed, as recorded in its row's result.
+
+    The Celery task of a failed job raises what ``run()`` raised, so that
+    Flower and Celery's events show the job's own exception; this one when
+    the failure was not an exception of ``run()`` (a soft time limit, a
+    result that cannot be stored, a row of another type). Its message is
+    ``"<exception name>: <error>"`` from the row's result.
+    """

@@ -28,6 +28,9 @@ class Heartbeat:
         self._write = write
         self._interval = interval
         self._attempts: dict[int, str] = {}
+        #: Attempts whose outcome is being written: a refusal of their heartbeat is
+        #: the finish landing first, not a lost attempt.
+        self._ending: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -44,10 +47,17 @@ class Heartbeat:
                 )
                 self._thread.start()
 
+    def ending(self, job_id: int) -> None:
+        """Row ``job_id``'s outcome is being written: keep beating, but its finish may land
+        before the next beat, so a refused heartbeat is not reported as a lost attempt."""
+        with self._lock:
+            self._ending.add(job_id)
+
     def remove(self, job_id: int) -> None:
         """Stop beating for row ``job_id``."""
         with self._lock:
             self._attempts.pop(job_id, None)
+            self._ending.discard(job_id)
 
     def is_beating(self, job_id: int, token: str) -> bool:
         """Whether attempt ``token`` of row ``job_id`` is kept alive (not refused by the table)."""
@@ -70,7 +80,9 @@ class Heartbeat:
             lost = {
                 job_id
                 for job_id, token in attempts
-                if job_id not in alive and self._attempts.get(job_id) == token
+                if job_id not in alive
+                and self._attempts.get(job_id) == token
+                and job_id not in self._ending
             }
             for job_id in lost:
                 self._attempts.pop(job_id, None)

@@ -1,10 +1,16 @@
 """The jobs package: which job types exist, loading a type's module, and its options.
 
-A job module may declare, beside ``run(params)``::
+A job module may declare, beside ``run(params)``, how its jobs are sent and run::
 
-    BATCH_SIZE = 100   # opt in to batched execution: up to 100 due rows per message
+    QUEUE = "reports"        # the Celery queue its messages go to (default: Celery's default)
+    TIME_LIMIT = 600         # hard time limit of one run, in seconds (default: the worker's)
+    SOFT_TIME_LIMIT = 570    # soft time limit, in seconds (default: the worker's)
+    PRIORITY = 5             # message priority, 0 to 9 (default: none)
+    MAX_CONCURRENCY = 3      # most jobs of the type sent or running at once, over all workers
+    BATCH_SIZE = 100         # batched execution: up to 100 due rows per message
 
-Options are read once per process, when the module is first loaded.
+Options are read once per process, when the module is first loaded; a bad
+one is a :class:`~worker_bridge.errors.JobModuleError` naming it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,17 @@ class JobOptions:
     #: Most due rows the dispatcher sends in one message (``BATCH_SIZE``); 1
     #: sends every row alone, as Celery does with tasks.
     batch_size: int = 1
+    #: The Celery queue the type's messages go to (``QUEUE``); None: the default queue.
+    queue: str | None = None
+    #: Hard and soft time limits of one run in seconds (``TIME_LIMIT``,
+    #: ``SOFT_TIME_LIMIT``); None: the worker's (``task_time_limit``...).
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    #: Message priority, 0 to 9 (``PRIORITY``); None: the broker's default.
+    priority: int | None = None
+    #: Most rows of the type dispatched or running at once, over every worker
+    #: (``MAX_CONCURRENCY``, enforced by the dispatcher); None: no cap.
+    max_concurrency: int | None = None
 
     @property
     def batched(self) -> bool:
@@ -42,15 +59,48 @@ class JobOptions:
         return self.batch_size > 1
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def read_options(module: ModuleType) -> JobOptions:
     """The options a job module declares; JobModuleError names a bad one."""
+    name = module.__name__
+
+    def bad(option: str, wanted: str, value: object) -> JobModuleError:
+        return JobModuleError(f"job module {name}: {option} must be {wanted}, got {value!r}")
+
     size = getattr(module, "BATCH_SIZE", 1)
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
-        raise JobModuleError(
-            f"job module {module.__name__}: BATCH_SIZE must be an int from 1 to "
-            f"{MAX_BATCH_SIZE}, got {size!r}"
-        )
-    return JobOptions(batch_size=size)
+    if not (_number(size) and isinstance(size, int) and 1 <= size <= MAX_BATCH_SIZE):
+        raise bad("BATCH_SIZE", f"an int from 1 to {MAX_BATCH_SIZE}", size)
+    queue = getattr(module, "QUEUE", None)
+    if queue is not None and not (isinstance(queue, str) and queue.strip() == queue != ""):
+        raise bad("QUEUE", "a queue name (a non-empty str)", queue)
+    limits = {}
+    for option in ("TIME_LIMIT", "SOFT_TIME_LIMIT"):
+        value = getattr(module, option, None)
+        if value is not None and not (_number(value) and 0 < value < float("inf")):
+            raise bad(option, "a positive number of seconds", value)
+        limits[option] = None if value is None else float(value)
+    hard, soft = limits["TIME_LIMIT"], limits["SOFT_TIME_LIMIT"]
+    if hard is not None and soft is not None and soft >= hard:
+        raise bad("SOFT_TIME_LIMIT", f"shorter than TIME_LIMIT ({hard:g} s)", soft)
+    priority = getattr(module, "PRIORITY", None)
+    if priority is not None and not (
+        _number(priority) and isinstance(priority, int) and 0 <= priority <= 9
+    ):
+        raise bad("PRIORITY", "an int from 0 to 9", priority)
+    cap = getattr(module, "MAX_CONCURRENCY", None)
+    if cap is not None and not (_number(cap) and isinstance(cap, int) and cap >= 1):
+        raise bad("MAX_CONCURRENCY", "an int of at least 1", cap)
+    return JobOptions(
+        batch_size=size,
+        queue=queue,
+        time_limit=hard,
+        soft_time_limit=soft,
+        priority=priority,
+        max_concurrency=cap,
+    )
 
 
 class JobRegistry:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 from kombu.exceptions import ContentDisallowed
 
-from worker_bridge.attempt import Attempt, record_hard_timeout, utcnow
-from worker_bridge.batch import BatchAttempt
+from worker_bridge.attempt import Attempt, AttemptReport, record_hard_timeout, utcnow
+from worker_bridge.batch import BatchAttempt, BatchReport
 from worker_bridge.loader import MAX_BATCH_SIZE
 from worker_bridge.maintenance import JobRecovery
 from worker_bridge.store import LostAttempt
@@ -35,6 +35,12 @@ if TYPE_CHECKING:
     from worker_bridge.loader import JobRegistry
 
 logger = logging.getLogger(__name__)
+
+#: Why a refused message is rejected (the worker's log line before it says which case).
+REFUSED = (
+    "refused by worker_jobs: a duplicate or outdated message, or its row was cancelled, "
+    "deleted, or recovered and sent again"
+)
 
 #: Prefix of the Celery task name of every job type.
 TASK_PREFIX = "jobs."
@@ -205,12 +211,25 @@ def execute_job(
         "job_type": task.job_type,
         "worker": f"{task.request.hostname or socket.gethostname()}:{os.getpid()}",
         "soft_timeouts": (SoftTimeLimitExceeded,),
-        "soft_limit": task.soft_time_limit or task.app.conf.task_soft_time_limit,
+        # The message's own limit (a job type's SOFT_TIME_LIMIT) before the worker's.
+        "soft_limit": (task.request.timelimit or (None, None))[1]
+        or task.soft_time_limit
+        or task.app.conf.task_soft_time_limit,
     }
-    if is_batch:
+    report: AttemptReport | BatchReport = (
         BatchAttempt(task.app.worker_process, job_ids=batch, **how).execute()
-    else:
-        Attempt(task.app.worker_process, job_id=job_id, **how).execute()
+        if is_batch
+        else Attempt(task.app.worker_process, job_id=job_id, **how).execute()
+    )
+    # The task's own state tells the truth (Flower, events): a failed run
+    # raises once its failure and follow-up are written (the message is then
+    # acknowledged, as a failed task's is: no Celery retry or redelivery), and
+    # a message the table refused is rejected, never reported a success.
+    if report.refused:
+        raise Reject(REFUSED, requeue=False)
+    failure = report.failure()
+    if failure is not None:
+        raise failure
 
 
 def register_job_tasks(celery: Celery, registry: JobRegistry) -> list[str]:

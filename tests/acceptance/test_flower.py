@@ -8,13 +8,17 @@ import json
 import socket
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tests.acceptance.conftest import Processes, wait_until
+from tests.acceptance.test_forged_messages import publish
 from worker_bridge import WorkerJobConfig, schedule_job, schedule_jobs
+from worker_bridge.control import cancel_job
 from worker_bridge.models import WorkerJob
 
 AUTH = "admin:flower-secret"
@@ -87,21 +91,45 @@ def test_flower_shows_jobs_with_their_row_ids_and_states(
         tasks = _try_get(port, "/api/tasks") or {}
         rows = [fetch(job.id) for job in (ok, bad, *batch)]
         ended = all(
-            tasks.get(row.task_id or "", {}).get("state") in ("SUCCESS", "FAILURE")
-            for row in rows
+            tasks.get(row.task_id or "", {}).get("state") in ("SUCCESS", "FAILURE") for row in rows
         )
         return tasks if ended else None
 
     tasks = wait_until(tasks_done, 60, "Flower to see both jobs finish", interval=0.5)
-    for job, name in ((ok, "jobs.echo"), (bad, "jobs.fail")):
+    for job, name, state in ((ok, "jobs.echo", "SUCCESS"), (bad, "jobs.fail", "FAILURE")):
         row = fetch(job.id)
         assert row.task_id in tasks, "Flower's task id is the row's task_id"
         task = tasks[row.task_id]
         assert task["name"] == name
         assert f"'job_id': {job.id}" in task["kwargs"]
         assert f"'user_id': {job.user_id}" in task["kwargs"]
-        # Failures are the table's business: the task itself ends normally.
-        assert task["state"] == "SUCCESS"
+        # The task ends as its row did: a failed run is a failed task, with its exception.
+        assert task["state"] == state
+    assert "ValueError" in tasks[fetch(bad.id).task_id or ""]["exception"]
+
+    # A refused message (a copy naming a cancelled row) is never shown as a success.
+    cancelled = schedule_job(
+        WorkerJobConfig(type="echo", user_id=33, due=datetime.now(UTC) + timedelta(hours=1))
+    )
+    cancel_job(cancelled.id)
+    stranger = f"refused-{uuid.uuid4()}"
+    publish(
+        processes.env["CELERY_BROKER_URL"],
+        task="jobs.echo",
+        task_id=stranger,
+        kwargs={"job_id": cancelled.id, "user_id": 33},
+    )
+    refused = wait_until(
+        lambda: (
+            (_try_get(port, "/api/tasks") or {}).get(stranger, {}).get("state")
+            in ("REJECTED", "FAILURE")
+        ),
+        60,
+        "Flower to see the refused message end",
+        interval=0.5,
+    )
+    assert refused
+    assert (_get(port, "/api/tasks").get(stranger) or {}).get("state") != "SUCCESS"
 
     # A batch is one task whose arguments list its rows, under the rows' shared task id.
     batched = {task_id: task for task_id, task in tasks.items() if task["name"] == "jobs.batched"}

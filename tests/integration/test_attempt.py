@@ -269,7 +269,11 @@ def test_a_failed_run_records_the_error_and_schedules_its_retry(
             follow_up_reason=FollowUpReason.RETRY,
         ),
         written=WrittenOutcome(True, retry),
+        error=report.error,
     )
+    # What run() raised, for the Celery task to raise in turn (Flower shows it as FAILURE).
+    assert isinstance(report.error, ValueError) and str(report.error) == "boom"
+    assert report.failure() is report.error and not report.refused
     assert f"; retry is job {retry.id} due {due.isoformat()}" in caplog.text
     assert process.heartbeat.running() == []
 

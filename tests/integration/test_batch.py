@@ -92,6 +92,7 @@ def test_a_batch_runs_each_row_and_writes_each_result(
 
     assert [job.id for job in report.claimed] == [row.id for row in rows]
     assert [written.written for _, _, written in report.finished] == [True] * 5
+    assert report.failure() is None and not report.refused
     for row in rows:
         stored = fetch(row.id)
         assert stored.state is JobState.SUCCEEDED
@@ -143,6 +144,13 @@ def test_each_row_keeps_its_own_retry_cron_run_and_lineage(
     assert fetch(rows[0].id).result["error"] == "failing on purpose"
     assert report.finished[2][2].follow_up is None and report.finished[3][2].follow_up is None
     assert len(all_jobs()) == 6
+    # The batch's Celery task fails, naming each failed row.
+    failure = report.failure()
+    assert failure is not None and not report.refused
+    assert str(failure).startswith(
+        f"2 of the 4 jobs of the batch failed ({rows[0].id}, {rows[2].id}); job {rows[0].id}: "
+        "RuntimeError: failing on purpose"
+    )
 
 
 def test_a_row_cancelled_before_the_claim_is_skipped(
@@ -194,7 +202,7 @@ def test_a_duplicate_batch_message_runs_nothing_twice(
     run_batch(process, token, rows).execute()
     first = [fetch(row.id) for row in rows]
     again = run_batch(process, token, rows).execute()
-    assert again.claimed == []
+    assert again.claimed == [] and again.refused and again.failure() is None
     assert [fetch(row.id) for row in rows] == first
 
 

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker_bridge.dispatcher import group_into_messages
 from worker_bridge.errors import JobModuleError
 from worker_bridge.job import Job
 from worker_bridge.loader import MAX_BATCH_SIZE, JobOptions, read_options
+from worker_bridge.routing import group_into_messages
 
 DUE = datetime(2030, 1, 1, tzinfo=UTC)
 SIZES = {"batched": 4, "small": 2, "alone": 1}

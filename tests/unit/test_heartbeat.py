@@ -49,3 +49,18 @@ def test_a_new_attempt_of_the_row_is_not_dropped_for_the_old_ones_refusal() -> N
     heartbeat._attempts[1] = "a"
     assert heartbeat.beat_once(NOW) == set()
     assert heartbeat.running() == [(1, "b")]
+
+
+def test_an_attempt_whose_finish_landed_before_its_removal_is_not_reported_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The finish commits (the row no longer takes heartbeats) and the beat's write
+    # lands before the attempt leaves the heartbeat: the finish, not a lost attempt.
+    heartbeat = Heartbeat(lambda attempts, now: set(), interval=60)
+    heartbeat._attempts.update({1: "a", 2: "b"})
+    heartbeat.ending(1)
+    assert heartbeat.beat_once(NOW) == {2}
+    assert heartbeat.is_beating(1, "a") and not heartbeat.is_beating(2, "b")
+    assert "job 1: heartbeat refused" not in caplog.text
+    heartbeat.remove(1)
+    assert heartbeat.running() == []

@@ -33,6 +33,7 @@ from worker_bridge.cli.commands import (
     cmd_db_upgrade,
     cmd_demo,
     cmd_jobs,
+    cmd_metrics,
     cmd_schedule,
     cmd_show,
     cmd_stats,
@@ -114,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command("cancel", cmd_cancel, "cancel a live job (a cron job's schedule ends with it)")
     cancel.add_argument("id", type=job_id)
     command("stats", cmd_stats, "counts by status and type, and the oldest pending job")
+    metrics = command("metrics", cmd_metrics, "serve Prometheus metrics of the table at /metrics")
+    metrics.add_argument("--port", type=int_between(1, 65_535), default=9808, help="default 9808")
+    metrics.add_argument(
+        "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
     demo = command("demo", cmd_demo, "schedule the example jobs and run a worker to watch them")
     demo.add_argument(
         "--seconds",
@@ -153,7 +159,7 @@ def _fail(message: str, url: str | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
-    if handler is cmd_demo:
+    if handler in (cmd_demo, cmd_metrics):
         return handler(args)
     # A pooled connection that died idle (the database restarted) is replaced
     # and the command runs again, once, at once: an operator's command should

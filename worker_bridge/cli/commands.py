@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,9 @@ from worker_bridge.cli.formatting import (
     stamp,
     summary_row,
 )
+from worker_bridge.control import cancel_job
 from worker_bridge.db import safe_url
+from worker_bridge.errors import JobFinishedError, JobNotFoundError
 from worker_bridge.migrations import current_revision, upgrade_database
 from worker_bridge.models import JobState
 from worker_bridge.scheduling import WorkerJobConfig, schedule_cron_job, schedule_job
@@ -212,30 +215,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """``cancel``: cancel a pending, dispatched or running job."""
-    bridge = get_bridge()
-    with bridge.engine.begin() as connection:
-        before = bridge.store.get_job(connection, args.id)
-        if before is None:
-            raise CommandError(f"no job with id {args.id}")
-        cancelled = bridge.store.cancel_job(
-            connection, args.id, now=datetime.now(UTC), reason="Cancelled by hand (worker-bridge)."
-        )
-        # Read again: the row may have finished, or gone, since the first read.
-        after = bridge.store.get_job(connection, args.id)
-    if after is None:
-        raise CommandError(f"no job with id {args.id}")
-    if not cancelled:
-        raise CommandError(
-            f"job {args.id} has already finished ({after.state.value}): only a pending, "
-            "dispatched or running job can be cancelled"
-        )
+    """``cancel``: cancel a pending, dispatched or running job (a running one is stopped)."""
+    try:
+        done = cancel_job(args.id, reason="Cancelled by hand (worker-bridge).", bridge=get_bridge())
+    except (JobNotFoundError, JobFinishedError) as exc:
+        raise CommandError(str(exc)) from exc
+    before, after = done.before, done.after
     if args.json:
-        print_json({"job": job_dict(after), "previous_status": before.state.value})
+        print_json(
+            {"job": job_dict(after), "previous_status": before.state.value, "stopped": done.stopped}
+        )
     else:
+        stopped = "; its run was told to stop" if done.stopped else ""
         print(
             f"cancelled job {after.id} ({after.type}, user {after.user_id}), "
-            f"which was {before.state.value}"
+            f"which was {before.state.value}{stopped}"
         )
     return 0
 
@@ -280,3 +274,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: schedule the example jobs and run a worker to watch them."""
     return run_demo(args.seconds)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """``metrics``: serve ``/metrics`` until interrupted (the table's gauges, and every
+    worker_bridge process's counters when ``PROMETHEUS_MULTIPROC_DIR`` is shared)."""
+    try:
+        from prometheus_client import start_http_server
+
+        from worker_bridge.metrics import registry_for
+    except ImportError as exc:
+        raise CommandError(
+            "metrics need prometheus-client: pip install 'worker-bridge[metrics]'"
+        ) from exc
+    registry = registry_for(get_bridge())
+    try:
+        server, _thread = start_http_server(args.port, addr=args.address, registry=registry)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {args.address}:{args.port}: {exc}") from exc
+    print(f"serving http://{args.address}:{args.port}/metrics (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return 0

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 
 from worker_bridge.bridge import BridgeApp
+from worker_bridge.metrics import PROCESS
 from worker_bridge.store import LostAttempt, Recovered
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class JobRecovery:
 
 def _log(recovered: list[Recovered]) -> None:
     for item in recovered:
+        PROCESS.recovered(item.reason)
         if item.cancelled_by is None:
             logger.warning(
                 "job %s (%s, user %s) recovered, will run again: %s",

@@ -107,6 +107,8 @@ class Store(ABC):
     job_lineage = staticmethod(reports.job_lineage)
     #: Counts by type and status, and the pending row due the longest.
     job_stats = staticmethod(reports.job_stats)
+    #: Live rows by type (pending, due, dispatched, running, stale), in one grouped query.
+    live_backlog = staticmethod(reports.live_backlog)
 
     def describe_refusal(self, connection: Connection, job_id: int, token: str) -> str:
         """Why row ``job_id`` refused attempt ``token`` (for the one log line)."""
@@ -205,13 +207,49 @@ class Store(ABC):
     # --- dispatching ----------------------------------------------------------------
 
     @abstractmethod
-    def claim_due_jobs(self, connection: Connection, *, now: datetime, limit: int) -> list[Job]:
+    def claim_due_jobs(
+        self,
+        connection: Connection,
+        *,
+        now: datetime,
+        limit: int,
+        exclude_types: Sequence[str] = (),
+    ) -> list[Job]:
         """Mark up to ``limit`` due, unsent rows as dispatched with a new task id.
 
-        The caller publishes one message per returned row and commits after;
-        if it dies first, the rows fall back to pending and the messages it did
-        publish carry task ids the table never recorded, so workers refuse them.
+        Rows of ``exclude_types`` (types at their concurrency cap) are left
+        alone. The caller publishes one message per returned row and commits
+        after; if it dies first, the rows fall back to pending and the
+        messages it did publish carry task ids the table never recorded, so
+        workers refuse them.
         """
+
+    def unclaim_jobs(self, connection: Connection, job_ids: Sequence[int]) -> None:
+        """Undo :meth:`claim_due_jobs` for rows ``job_ids``, in its transaction, before
+        anything was published for them: they are pending and unsent again."""
+        if job_ids:
+            connection.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id.in_(list(job_ids)))
+                .values(dispatched_at=None, task_id=None)
+            )
+
+    def count_live_by_type(
+        self, connection: Connection, job_types: Sequence[str]
+    ) -> dict[str, int]:
+        """How many rows of each of ``job_types`` are dispatched or running (sent, unfinished)."""
+        if not job_types:
+            return {}
+        rows = connection.execute(
+            select(jobs_table.c.type, func.count())
+            .where(
+                jobs_table.c.type.in_(list(job_types))
+                & jobs_table.c.finished.is_(None)
+                & jobs_table.c.dispatched_at.isnot(None)
+            )
+            .group_by(jobs_table.c.type)
+        )
+        return {job_type: count for job_type, count in rows}
 
     def fail_unsendable(
         self, connection: Connection, job_ids: Sequence[int], *, now: datetime, error: str
@@ -308,6 +346,17 @@ class Store(ABC):
             )
         ).scalars()
         return set(held)
+
+    def live_rows_of_attempt(self, connection: Connection, job_type: str, token: str) -> set[int]:
+        """The unfinished rows of ``job_type`` carrying attempt ``token`` (a batch shares one)."""
+        rows = connection.execute(
+            select(jobs_table.c.id).where(
+                (jobs_table.c.type == job_type)
+                & jobs_table.c.finished.is_(None)
+                & (jobs_table.c.task_id == token)
+            )
+        ).scalars()
+        return set(rows)
 
     def wait_for_dispatch_commit(  # noqa: B027
         self, connection: Connection, job_ids: Sequence[int], *, timeout_ms: int

@@ -210,8 +210,16 @@ class PostgreSQLStore(Store):
         keys = json_dumps([{"type": job_type, "user_id": user_id} for job_type, user_id in pairs])
         connection.execute(LOCK_PAIRS, {"keys": keys})
 
-    def claim_due_jobs(self, connection: Connection, *, now: datetime, limit: int) -> list[Job]:
-        rows = connection.execute(CLAIM_DUE, {"now": now, "limit": limit})
+    def claim_due_jobs(
+        self,
+        connection: Connection,
+        *,
+        now: datetime,
+        limit: int,
+        exclude_types: Sequence[str] = (),
+    ) -> list[Job]:
+        params = {"now": now, "limit": limit, "exclude_types": list(exclude_types)}
+        rows = connection.execute(CLAIM_DUE, params)
         return sorted((Job.from_row(row) for row in rows), key=lambda job: job.due)
 
     def claim_job(

@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     DateTime,
     Integer,
     Text,
+    any_,
     bindparam,
     case,
     cast,
@@ -27,6 +29,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    not_,
     null,
     or_,
     select,
@@ -376,6 +379,8 @@ def _claim_due() -> Any:
             t.c.started.is_(None),
             t.c.finished.is_(None),
             t.c.dispatched_at.is_(None),
+            # Types at their concurrency cap (an empty array excludes none).
+            not_(t.c.type == any_(bindparam("exclude_types", type_=ARRAY(Text)))),
         )
         .order_by(t.c.due)
         .limit(bindparam("limit", type_=Integer))

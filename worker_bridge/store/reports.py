@@ -9,10 +9,10 @@ the timestamps lives in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Row, func, literal_column, select
+from sqlalchemy import Connection, Integer, Row, case, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from worker_bridge.job import JobState
@@ -174,3 +174,62 @@ def job_stats(connection: Connection) -> JobStats:
         .limit(1)
     ).first()
     return JobStats(counts=counts, oldest_pending=None if oldest is None else _summary(oldest))
+
+
+@dataclass(frozen=True, slots=True)
+class TypeBacklog:
+    """The live rows of one job type at one instant: what the metrics gauges show."""
+
+    type: str
+    #: Pending rows (not sent), and those of them already due.
+    pending: int
+    due: int
+    #: Sent to the broker, not yet started.
+    dispatched: int
+    running: int
+    #: Running rows whose heartbeat is older than the cut-off given.
+    stale_heartbeats: int
+    #: The due time of the oldest due pending row, or None.
+    oldest_due: datetime | None
+
+
+def live_backlog(
+    connection: Connection, *, now: datetime, heartbeat_before: datetime
+) -> list[TypeBacklog]:
+    """Live rows by type in one grouped query over the unfinished rows (a partial index)."""
+    t = jobs_table.c
+    unsent = t.started.is_(None) & t.dispatched_at.is_(None)
+    due = unsent & (t.due <= now)
+
+    def count_of(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    rows = connection.execute(
+        select(
+            t.type,
+            count_of(unsent),
+            count_of(due),
+            count_of(t.started.is_(None) & t.dispatched_at.isnot(None)),
+            count_of(t.started.isnot(None)),
+            count_of(
+                t.started.isnot(None) & (func.coalesce(t.heartbeat, t.started) < heartbeat_before)
+            ),
+            func.min(case((due, t.due))),
+        )
+        .where(t.finished.is_(None))
+        .group_by(t.type)
+        .order_by(t.type)
+    )
+    return [
+        TypeBacklog(job_type, int(p), int(d), int(s), int(r), int(h), _utc(oldest))
+        for job_type, p, d, s, r, h, oldest in rows
+    ]
+
+
+def _utc(value: datetime | str | None) -> datetime | None:
+    # An aggregate loses the column's type: SQLite hands back a naive string.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -162,11 +162,19 @@ class SQLiteStore(Store):
         # As stored: a job a later one of the batch superseded comes back cancelled.
         return self.get_jobs(connection, ids)
 
-    def claim_due_jobs(self, connection: Connection, *, now: datetime, limit: int) -> list[Job]:
+    def claim_due_jobs(
+        self,
+        connection: Connection,
+        *,
+        now: datetime,
+        limit: int,
+        exclude_types: Sequence[str] = (),
+    ) -> list[Job]:
         ids = connection.execute(
             select(jobs_table.c.id)
             .where(
-                (jobs_table.c.due <= now)
+                jobs_table.c.type.notin_(list(exclude_types))
+                & (jobs_table.c.due <= now)
                 & jobs_table.c.started.is_(None)
                 & jobs_table.c.finished.is_(None)
                 & jobs_table.c.dispatched_at.is_(None)
