@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
+from celery.worker.state import task_ready
 from kombu.exceptions import ContentDisallowed
 
 from worker_bridge.attempt import Attempt, AttemptReport, record_hard_timeout, utcnow
@@ -35,6 +37,18 @@ if TYPE_CHECKING:
     from worker_bridge.loader import JobRegistry
 
 logger = logging.getLogger(__name__)
+
+class Refused(Ignore):  # type: ignore[misc]
+    """A job message the table refused, or a malformed one: its task is rejected.
+
+    Raised in the pool process, where Celery logs it in one line (an ``Ignore``,
+    with no traceback); :class:`JobRequest` then rejects the message (not
+    requeued) in the worker's main process and reports it as Celery reports a
+    task that rejects its message for good: ``task-failed`` naming the refusal,
+    then ``task-rejected``. Flower and event receivers see the refusal, never a
+    success.
+    """
+
 
 #: Why a refused message is rejected (the worker's log line before it says which case).
 REFUSED = (
@@ -118,6 +132,16 @@ class JobRequest(Request):  # type: ignore[misc]
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> Any:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, Refused):
+            # As Celery ends a task that rejects its message without requeueing
+            # (task-failed naming the refusal, then task-rejected): Flower shows it
+            # failed with the reason, never succeeded; the message is dropped.
+            task_ready(self)
+            self.send_event("task-failed", exception=saferepr(exc), traceback="")
+            return self.reject(requeue=False)
         cancelled = getattr(self, "_already_cancelled", False)
         if _is_worker_lost(exc_info.exception) and not (cancelled or self._already_revoked):
             _recover_lost_attempt(self)
@@ -205,7 +229,7 @@ def execute_job(
             "" if job_ids is None else f" and job_ids={job_ids!r:.200}",
             f" and unexpected {sorted(extra)}" if extra else "",
         )
-        return
+        raise Refused("malformed job message: see the worker's log")
     how = {
         "token": token,
         "job_type": task.job_type,
@@ -226,7 +250,7 @@ def execute_job(
     # acknowledged, as a failed task's is: no Celery retry or redelivery), and
     # a message the table refused is rejected, never reported a success.
     if report.refused:
-        raise Reject(REFUSED, requeue=False)
+        raise Refused(REFUSED)
     failure = report.failure()
     if failure is not None:
         raise failure

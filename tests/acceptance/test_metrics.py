@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.acceptance.conftest import ROOT, Processes, wait_until
+from tests.acceptance.conftest import ROOT, Processes, free_port, wait_until
 from worker_bridge import WorkerJobConfig, schedule_jobs
 from worker_bridge.job import Job
 
@@ -27,12 +26,6 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture
 def backend() -> str:
     return "postgresql"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape(port: int) -> Samples | None:
@@ -57,7 +50,7 @@ def test_metrics_show_the_table_and_the_processes_under_load(
     worker = processes.worker("w1", 2, env=env)
     processes.wait_ready(worker)
     processes.start("d1", "beat", "--loglevel", "INFO", env=env)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "worker_bridge.cli", "metrics", "--port", str(port)],
         cwd=ROOT,
