@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 class Refused(Ignore):  # type: ignore[misc]
     """A job message the table refused, or a malformed one: its task is rejected.
 

@@ -37,6 +37,7 @@ from worker_bridge.cli.commands import (
     cmd_schedule,
     cmd_show,
     cmd_stats,
+    cmd_web,
     int_between,
     job_id,
     milliseconds,
@@ -120,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument(
         "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
+    web = command("web", cmd_web, "serve the operator's console (pip install 'worker-bridge[web]')")
+    web.add_argument("--port", type=int_between(1, 65_535), default=8808, help="default 8808")
+    web.add_argument(
+        "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    web.add_argument("--read-only", action="store_true", help="refuse every action (cancel)")
+    web.add_argument(
+        "--root-path", default="", help="the path prefix a reverse proxy serves it under"
+    )
     demo = command("demo", cmd_demo, "schedule the example jobs and run a worker to watch them")
     demo.add_argument(
         "--seconds",
@@ -159,7 +169,7 @@ def _fail(message: str, url: str | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
-    if handler in (cmd_demo, cmd_metrics):
+    if handler in (cmd_demo, cmd_metrics, cmd_web):
         return handler(args)
     # A pooled connection that died idle (the database restarted) is replaced
     # and the command runs again, once, at once: an operator's command should

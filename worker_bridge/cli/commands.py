@@ -8,7 +8,9 @@ failure to report to the operator is raised as :class:`CommandError`, which
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -299,4 +301,48 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         pass
     finally:
         server.shutdown()
+    return 0
+
+
+#: The environment variable with the console's "user:password" (HTTP basic auth).
+WEB_AUTH_VARIABLE = "WORKER_BRIDGE_WEB_AUTH"
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` is this machine's loopback only (localhost, 127.0.0.0/8, ::1)."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """``web``: serve the console until interrupted."""
+    auth = os.environ.get(WEB_AUTH_VARIABLE) or None
+    if auth is not None and ":" not in auth:
+        raise CommandError(f"{WEB_AUTH_VARIABLE} must be user:password")
+    if not is_loopback(args.address) and auth is None:
+        raise CommandError(
+            f"refusing to serve the console on {args.address} without authentication: set "
+            f"{WEB_AUTH_VARIABLE}=user:password, or listen on 127.0.0.1 behind a proxy"
+        )
+    try:
+        import uvicorn
+
+        from worker_bridge.web import ConsoleSettings, create_app
+    except ImportError as exc:
+        raise CommandError(
+            f"the console needs its extra: pip install 'worker-bridge[web]' ({exc})"
+        ) from exc
+    app = create_app(get_bridge(), ConsoleSettings(read_only=args.read_only, auth=auth))
+    print(
+        f"serving the console on http://{args.address}:{args.port}{args.root_path}/ "
+        "(Ctrl-C to stop)",
+        flush=True,
+    )
+    uvicorn.run(
+        app, host=args.address, port=args.port, root_path=args.root_path, log_level="warning"
+    )
     return 0

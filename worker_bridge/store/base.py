@@ -107,6 +107,8 @@ class Store(ABC):
     job_lineage = staticmethod(reports.job_lineage)
     #: Counts by type and status, and the pending row due the longest.
     job_stats = staticmethod(reports.job_stats)
+    #: The rows a job cancelled when it was scheduled (supersede links, backwards).
+    superseded_by = staticmethod(reports.superseded_by)
     #: Live rows by type (pending, due, dispatched, running, stale), in one grouped query.
     live_backlog = staticmethod(reports.live_backlog)
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Integer, Row, case, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from worker_bridge.job import JobState
+from worker_bridge.job import Job, JobState
 from worker_bridge.models import state_expression
 from worker_bridge.store.schema import jobs_table
 
@@ -102,9 +102,19 @@ def list_jobs(
     user_id: int | None = None,
     status: JobState | None = None,
     limit: int = 50,
+    before_id: int | None = None,
+    task_id: str | None = None,
 ) -> list[JobSummary]:
-    """Up to ``limit`` rows matching every filter given, newest (highest id) first."""
+    """Up to ``limit`` rows matching every filter given, newest (highest id) first.
+
+    ``before_id`` pages on: only rows with a smaller id (keyset pagination, as
+    fast on the millionth row as on the first).
+    """
     query = select(*_summary_columns()).order_by(jobs_table.c.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(jobs_table.c.id < before_id)
+    if task_id is not None:
+        query = query.where(jobs_table.c.task_id == task_id)
     if job_type is not None:
         query = query.where(jobs_table.c.type == job_type)
     if user_id is not None:
@@ -233,3 +243,25 @@ def _utc(value: datetime | str | None) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def superseded_by(connection: Connection, job: Job) -> list[JobSummary]:
+    """The rows ``job`` cancelled when it was scheduled (its pair's pending jobs).
+
+    The supersede rule cancels them in the statement that inserts ``job``, so
+    they finished at its ``created_at``: the index of failed rows by finish
+    time finds them without scanning the table.
+    """
+    c = jobs_table.c
+    rows = connection.execute(
+        select(*_summary_columns())
+        .where(
+            c.success.is_(False),
+            c.finished == job.created_at,
+            c.type == job.type,
+            c.user_id == job.user_id,
+            c.result["cancelled_by"].as_integer() == job.id,
+        )
+        .order_by(c.id)
+    )
+    return [_summary(row) for row in rows]
