@@ -70,7 +70,9 @@ class AttemptReport:
         else a :class:`JobFailedError` naming the recorded error; None on success."""
         if self.outcome is None or self.outcome.success:
             return None
-        return self.error if self.error is not None else failed_error(self.outcome.result)
+        if self.error is None or not plain_exception(self.error):
+            return failed_error(self.outcome.result)
+        return self.error
 
 
 class Attempt:
@@ -173,6 +175,19 @@ class Attempt:
 
 #: The ``exception`` of the error result of a run stopped by the soft time limit.
 SOFT_TIME_LIMIT = "SoftTimeLimitExceeded"
+
+
+def plain_exception(error: BaseException) -> bool:
+    """Whether the Celery task may raise ``error`` as it is.
+
+    Not a MemoryError (Celery re-raises it in the worker's main process, which
+    would stop the whole worker), nor one of Celery's, billiard's or kombu's
+    own exceptions (``Retry``, ``Reject``, ``Ignore``...: Celery would act on
+    them): those are raised as a :class:`JobFailedError` naming the error.
+    """
+    if isinstance(error, MemoryError) or not isinstance(error, Exception):
+        return False
+    return type(error).__module__.split(".")[0] not in ("celery", "billiard", "kombu")
 
 
 def failed_error(result: Any) -> JobFailedError:

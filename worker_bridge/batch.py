@@ -225,8 +225,12 @@ class BatchAttempt:
 
     def _still_held(self, job_ids: Iterable[int]) -> set[int]:
         ids = list(job_ids)
-        with self.process.connection() as connection:
-            return self.bridge.store.still_held(connection, ids, self.token)
+
+        def look() -> set[int]:
+            with self.process.connection() as connection:
+                return self.bridge.store.still_held(connection, ids, self.token)
+
+        return self.bridge.reconnecting(f"looking at the batch's rows {ids}", look)
 
     def _write(self, report: BatchReport) -> None:
         """Write the outcomes decided since the last write, in one transaction."""
@@ -257,6 +261,11 @@ class BatchAttempt:
                 "run again once their heartbeat expires",
                 [job.id for job, _, _ in batch],
             )
+            raise
+        except BaseException:
+            # Not written (the soft limit struck mid-write): keep them for the next
+            # write, so that rows that ran are not handed back to run again.
+            self._unwritten = batch + self._unwritten
             raise
         for (job, outcome, duration), done in zip(batch, written, strict=True):
             self.process.heartbeat.remove(job.id)

@@ -174,6 +174,9 @@ class Dispatcher:
         options = functools.partial(job_options, registry)
         with self.bridge.engine.begin() as connection:
             caps = self.concurrency_caps()
+            # One dispatcher at a time counts and fills a capped type, or two could
+            # both see room and together send past the cap.
+            store.lock_types(connection, sorted(caps))
             live = store.count_live_by_type(connection, sorted(caps))
             full = sorted(
                 job_type for job_type, cap in caps.items() if live.get(job_type, 0) >= cap

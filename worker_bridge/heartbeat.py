@@ -70,7 +70,10 @@ class Heartbeat:
 
     def beat_once(self, now: datetime | None = None) -> set[int]:
         """Write one round of heartbeats; return the ids whose attempt was lost."""
-        attempts = self.running()
+        with self._lock:
+            # Not the attempts being finished: their finish writes the row, and two
+            # multi-row writes of one batch's rows could lock them in opposite orders.
+            attempts = [(i, t) for i, t in self._attempts.items() if i not in self._ending]
         if not attempts:
             return set()
         alive = self._write(attempts, now or datetime.now(UTC))

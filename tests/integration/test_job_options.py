@@ -174,3 +174,24 @@ def test_max_concurrency_caps_the_rows_sent_or_running_over_all_workers(
     third = dispatcher.run_once(now)
     assert [job.id for job in third.sent] == [capped[2].id]
     assert dispatcher.run_once(now).sent == []
+
+
+def test_dispatchers_fill_a_capped_type_one_at_a_time(bridge: BridgeApp) -> None:
+    # While one dispatcher's transaction holds the type's lock, another cannot take it:
+    # the second counts the type's live rows only after the first has committed its sends.
+    from sqlalchemy import text
+
+    from worker_bridge.store.schema import TYPE_LOCK_CLASS
+
+    with bridge.engine.begin() as first:
+        bridge.store.lock_types(first, ["capped", "routed"])
+        with bridge.engine.begin() as second:
+            taken = second.execute(
+                text("SELECT pg_try_advisory_xact_lock(:c, hashtext('capped'))"),
+                {"c": TYPE_LOCK_CLASS},
+            ).scalar_one()
+            other = second.execute(
+                text("SELECT pg_try_advisory_xact_lock(:c, hashtext('echo'))"),
+                {"c": TYPE_LOCK_CLASS},
+            ).scalar_one()
+    assert taken is False and other is True

@@ -64,3 +64,17 @@ def test_an_attempt_whose_finish_landed_before_its_removal_is_not_reported_lost(
     assert "job 1: heartbeat refused" not in caplog.text
     heartbeat.remove(1)
     assert heartbeat.running() == []
+
+
+def test_attempts_being_finished_are_left_out_of_the_heartbeats_write() -> None:
+    written: list[list[tuple[int, str]]] = []
+
+    def write(attempts: Sequence[tuple[int, str]], now: datetime) -> set[int]:
+        written.append(list(attempts))
+        return {job_id for job_id, _ in attempts}
+
+    heartbeat = Heartbeat(write, interval=60)
+    heartbeat._attempts.update({1: "a", 2: "a"})
+    heartbeat.ending(1)
+    heartbeat.beat_once(NOW)
+    assert written == [[(2, "a")]]

@@ -236,6 +236,10 @@ class Store(ABC):
                 .values(dispatched_at=None, task_id=None)
             )
 
+    def lock_types(self, connection: Connection, job_types: Sequence[str]) -> None:  # noqa: B027
+        """Take the transaction-scoped locks of ``job_types``, so that dispatchers counting
+        and sending a capped type do it one at a time. Nothing where one dispatcher runs."""
+
     def count_live_by_type(
         self, connection: Connection, job_types: Sequence[str]
     ) -> dict[str, int]:

@@ -41,6 +41,7 @@ from worker_bridge.store.postgresql_statements import (
     INSERT_BATCH,
     LOCK_PAIR,
     LOCK_PAIRS,
+    LOCK_TYPES,
     NEXT_IDS,
     SUPERSEDE_AND_INSERT,
 )
@@ -204,6 +205,10 @@ class PostgreSQLStore(Store):
             INSERT_BATCH, {"rows": rows, "now": now, "stale_before": stale_before}
         )
         return sorted((Job.from_row(row) for row in result), key=lambda job: job.id)
+
+    def lock_types(self, connection: Connection, job_types: Sequence[str]) -> None:
+        if job_types:
+            connection.execute(LOCK_TYPES, {"types": sorted(set(job_types))}).all()
 
     def _lock_pairs(self, connection: Connection, jobs: Sequence[NewJob]) -> None:
         pairs = sorted({(job.type, job.user_id) for job in jobs})

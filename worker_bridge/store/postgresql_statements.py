@@ -47,6 +47,7 @@ from worker_bridge.store.schema import (
     PAIR_LOCK_BUCKETS,
     PAIR_LOCK_CLASS,
     SUPERSEDED,
+    TYPE_LOCK_CLASS,
     all_columns,
     jobs_table,
 )
@@ -290,6 +291,22 @@ def _lock_pairs() -> Any:
 
 
 LOCK_PAIRS = _lock_pairs()
+
+
+def _lock_types() -> Any:
+    # The dispatchers' locks of capped job types, in one fixed order (no deadlock).
+    names = (
+        func.unnest(bindparam("types", type_=ARRAY(Text)))
+        .table_valued("name")
+        .render_derived(name="n")
+    )
+    keys = select(func.hashtext(names.c.name).label("key")).distinct().subquery("k")
+    lock_class = bindparam("type_lock_class", TYPE_LOCK_CLASS, type_=Integer)
+    return select(func.pg_advisory_xact_lock(lock_class, keys.c.key)).order_by(keys.c.key)
+
+
+#: Locks of the job types whose MAX_CONCURRENCY a dispatcher is about to count and fill.
+LOCK_TYPES = _lock_types()
 
 
 def _insert_batch() -> Any:

@@ -74,6 +74,8 @@ def job_values(job: NewJob) -> dict[str, Any]:
 PAIR_LOCK_BUCKETS = 1024
 #: First key of worker_bridge's two-key advisory locks, kept apart from an application's.
 PAIR_LOCK_CLASS = 0x776A6273
+#: First key of the dispatchers' locks of a capped job type (MAX_CONCURRENCY).
+TYPE_LOCK_CLASS = PAIR_LOCK_CLASS + 1
 
 
 def claim_statement(which: ColumnElement[bool]) -> Any:
