@@ -22,9 +22,11 @@ guarantee of a job sent alone:
   mid-batch re-runs only the rows whose outcome was not yet written, after
   recovery takes them back like any lost attempt's.
 
-A soft time limit stops the row it interrupts (a failure, as for a lone job);
-the batch then writes what it has and hands the rows it had not reached back
-to pending at once, to run in a later message.
+Celery's time limits apply to the whole message. A soft limit stops the row
+it interrupts: a failure (as for a lone job) if that row's own run lasted the
+whole limit, else the row goes back to pending; either way the batch writes
+what it has and hands the rows it had not reached back to pending at once, to
+run in a later message.
 """
 
 from __future__ import annotations
@@ -213,11 +215,18 @@ class BatchAttempt:
             returned, error = call_run(
                 self.bridge, job, job_logger(job), self.soft_timeouts, self.soft_limit
             )
-            outcome = decide_run(self.bridge, job, self.clock(), returned, error)
-            self._unwritten.append((job, outcome, self.monotonic() - started))
+            duration = self.monotonic() - started
             if isinstance(error, dict) and error.get("exception") == SOFT_TIME_LIMIT:
+                # The limit is the message's: the row it strikes is at fault only if its
+                # own run lasted the whole limit; otherwise the rows before it used the
+                # time, and it goes back to pending with the rows not reached.
+                if self.soft_limit is None or duration >= self.soft_limit:
+                    outcome = decide_run(self.bridge, job, self.clock(), returned, error)
+                    self._unwritten.append((job, outcome, duration))
                 self._release(report)
                 return
+            outcome = decide_run(self.bridge, job, self.clock(), returned, error)
+            self._unwritten.append((job, outcome, duration))
 
     def _beating(self, job_id: int) -> bool:
         # The heartbeat drops an attempt the table refused (cancelled or recovered).

@@ -210,9 +210,12 @@ def test_a_soft_time_limit_fails_its_row_and_hands_back_the_rest(
     process: WorkerProcess, job_factory: JobFactory, fetch: Fetch
 ) -> None:
     token, rows = batch_of(job_factory, [{}, {"data": {"soft_limit": True}}, {}, {}])
+    # Each reading of the clock moves it 3 s on: the second row's own run lasts the whole
+    # 2.5 s limit, so that row is at fault.
     report = run_batch(
-        process, token, rows, soft_timeouts=(SoftLimitHit,), soft_limit=2.5
-    ).execute()
+        process, token, rows, soft_timeouts=(SoftLimitHit,), soft_limit=2.5,
+        monotonic=stepping_clock(3.0),
+    ).execute()  # fmt: skip
 
     assert fetch(rows[0].id).state is JobState.SUCCEEDED
     failed = fetch(rows[1].id)
@@ -282,3 +285,19 @@ def test_a_soft_time_limit_between_two_rows_hands_back_the_rows_not_run(
     assert report.released == [row.id for row in rows[1:]]
     assert [fetch(row.id).state for row in rows[1:]] == [JobState.PENDING] * 3
     assert process.heartbeat.running() == []
+
+
+def test_a_soft_time_limit_that_strikes_a_quick_row_hands_it_back_unblamed(
+    process: WorkerProcess, job_factory: JobFactory, fetch: Fetch
+) -> None:
+    # The limit struck the second row before its own run could have lasted it: the
+    # time went to the rows before it, so it goes back to pending, not failed.
+    token, rows = batch_of(job_factory, [{}, {"data": {"soft_limit": True}}, {}])
+    report = run_batch(
+        process, token, rows, soft_timeouts=(SoftLimitHit,), soft_limit=2.5,
+        monotonic=lambda: 0.0,
+    ).execute()  # fmt: skip
+    assert fetch(rows[0].id).state is JobState.SUCCEEDED
+    assert report.released == [rows[1].id, rows[2].id]
+    assert [fetch(row.id).state for row in rows[1:]] == [JobState.PENDING] * 2
+    assert all(job.id != rows[1].id for job, _, _ in report.finished)
