@@ -65,7 +65,11 @@ class BridgeApp:
     def __post_init__(self, autocommit_engine: Engine | None) -> None:
         store = store_for(self.engine)
         object.__setattr__(self, "store", store)
-        object.__setattr__(self, "jobs", JobRegistry(self.settings.jobs_package))
+        registry = JobRegistry(
+            self.settings.jobs_package,
+            max_time_limit=self.settings.stale_after.total_seconds(),
+        )
+        object.__setattr__(self, "jobs", registry)
         if autocommit_engine is None:
             autocommit_engine = store.autocommit_view(self.engine)
         object.__setattr__(self, "autocommit", autocommit_engine)

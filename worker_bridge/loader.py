@@ -63,8 +63,13 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def read_options(module: ModuleType) -> JobOptions:
-    """The options a job module declares; JobModuleError names a bad one."""
+def read_options(module: ModuleType, max_time_limit: float | None = None) -> JobOptions:
+    """The options a job module declares; JobModuleError names a bad one.
+
+    ``max_time_limit`` (``worker_bridge_stale_after`` in seconds): time limits
+    must be shorter, or a run still going would be taken for stale and started
+    again beside itself.
+    """
     name = module.__name__
 
     def bad(option: str, wanted: str, value: object) -> JobModuleError:
@@ -82,6 +87,13 @@ def read_options(module: ModuleType) -> JobOptions:
         if value is not None and not (_number(value) and 0 < value < float("inf")):
             raise bad(option, "a positive number of seconds", value)
         limits[option] = None if value is None else float(value)
+        if value is not None and max_time_limit is not None and value >= max_time_limit:
+            raise bad(
+                option,
+                f"shorter than worker_bridge_stale_after ({max_time_limit:g} s; a run still "
+                "going past it would be started again)",
+                value,
+            )
     hard, soft = limits["TIME_LIMIT"], limits["SOFT_TIME_LIMIT"]
     if hard is not None and soft is not None and soft >= hard:
         raise bad("SOFT_TIME_LIMIT", f"shorter than TIME_LIMIT ({hard:g} s)", soft)
@@ -110,8 +122,10 @@ class JobRegistry:
     breaks only its own jobs, not scheduling of the others.
     """
 
-    def __init__(self, package: str) -> None:
+    def __init__(self, package: str, *, max_time_limit: float | None = None) -> None:
         self.package = package
+        #: What a module's time limits must stay under (``read_options``).
+        self.max_time_limit = max_time_limit
         self._types: frozenset[str] | None = None
         self._runners: dict[str, JobRunner] = {}
         self._options: dict[str, JobOptions] = {}
@@ -187,7 +201,7 @@ class JobRegistry:
             run: JobRunner | None = getattr(module, "run", None)
             if run is None or not callable(run):
                 raise JobModuleError(f"job module {module_name} defines no run(params) function")
-            self._options[job_type] = read_options(module)
+            self._options[job_type] = read_options(module, self.max_time_limit)
             self._runners[job_type] = run
 
     @staticmethod

@@ -68,6 +68,15 @@ def test_read_options_names_a_bad_option(attributes: dict[str, object], message:
         read_options(module(**attributes))
 
 
+def test_time_limits_must_be_shorter_than_stale_after() -> None:
+    with pytest.raises(JobModuleError, match=r"TIME_LIMIT must be shorter than "
+                       r"worker_bridge_stale_after \(3600 s; a run still going"):  # fmt: skip
+        read_options(module(TIME_LIMIT=3600), max_time_limit=3600)
+    with pytest.raises(JobModuleError, match="SOFT_TIME_LIMIT must be shorter than worker_"):
+        read_options(module(SOFT_TIME_LIMIT=7200), max_time_limit=3600)
+    assert read_options(module(TIME_LIMIT=3599), max_time_limit=3600).time_limit == 3599
+
+
 def test_send_options() -> None:
     assert send_options(JobOptions()) == {"time_limit": None, "soft_time_limit": None}
     assert send_options(JobOptions(queue="q", priority=0, time_limit=5.0, soft_time_limit=4.0)) == {
