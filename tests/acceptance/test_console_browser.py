@@ -1,0 +1,148 @@
+"""The console in a real browser: Debian's headless Chromium driven by Playwright, against a
+real ``worker-bridge web``, worker and dispatcher on PostgreSQL and Redis.
+
+It opens the overview, filters the job list, opens a job and follows its lineage, and
+cancels a running job; a screenshot of each page is saved under ``test-artifacts/console``
+(or ``$WORKER_BRIDGE_TEST_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.acceptance.conftest import ROOT, Processes, free_port, wait_until
+from worker_bridge import WorkerJobConfig, schedule_job
+from worker_bridge.job import Job, JobState
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = (
+    Path(os.environ.get("WORKER_BRIDGE_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
+)
+
+Fetch = Callable[[int], Job]
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgresql"
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def console(processes: Processes) -> Iterator[str]:
+    """A real ``worker-bridge web`` on a free loopback port; its base URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "worker_bridge.cli", "web", "--port", str(port)],
+        cwd=ROOT,
+        env=processes.env,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, 30, "the console to answer", interval=0.2)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_an_operator_watches_and_acts_in_the_console(
+    processes: Processes, console: str, browser: Browser, fetch: Fetch
+) -> None:
+    worker = processes.worker("w1", 2)
+    processes.wait_ready(worker)
+    processes.dispatcher()
+    failing = schedule_job(
+        WorkerJobConfig(type="fail", user_id=1, auto_reschedule_on_failure=True,
+                        auto_reschedule_on_failure_delay=600_000)
+    )  # fmt: skip
+    long = schedule_job(WorkerJobConfig(type="record", user_id=2, data={"sleep": 60}))
+    wait_until(lambda: fetch(failing.id).finished, 30, "the failing job to fail")
+    wait_until(lambda: fetch(long.id).state is JobState.RUNNING, 30, "the long job to run")
+    page = browser.new_page()
+
+    # The overview: the running job's type, counted.
+    page.goto(console + "/")
+    row = page.locator('tr[data-type="record"]')
+    running = row.locator("td").nth(5).inner_text()
+    assert running == "1", page.content()
+    shot(page, "overview")
+
+    # The job list, filtered by type through the form.
+    page.goto(console + "/jobs")
+    page.fill('input[name="type"]', "fail")
+    page.click('#filters button[type="submit"]')
+    page.wait_for_url("**/jobs?*type=fail*")
+    listed = page.locator("#job-list td:first-child a").all_inner_texts()
+    assert str(failing.id) in listed and str(long.id) not in listed
+    shot(page, "jobs")
+
+    # A job, and its lineage followed to the retry.
+    page.click(f'#job-list a:text-is("{failing.id}")')
+    page.wait_for_url(f"**/jobs/{failing.id}")
+    assert page.locator("#state").inner_text() == "failed"
+    retry_link = page.locator("#lineage a").first
+    retry_id = int(retry_link.inner_text())
+    assert fetch(retry_id).rescheduled_from_job == failing.id
+    shot(page, "job")
+    retry_link.click()
+    page.wait_for_url(f"**/jobs/{retry_id}")
+    assert "Not run yet: not due yet" in page.locator("#why").inner_text()
+    shot(page, "lineage")
+
+    # Cancel the running job: it stops, and its row stays cancelled.
+    page.goto(f"{console}/jobs/{long.id}")
+    pool_pid = int((fetch(long.id).worker or "").rsplit(":", 1)[1])
+    page.click("#cancel button")
+    page.wait_for_url(f"**/jobs/{long.id}?message=*")
+    message = page.locator("#message").inner_text()
+    assert "cancelled (was running); its run was told to stop" in message
+    assert page.locator("#state").inner_text() == "cancelled"
+    shot(page, "cancelled")
+
+    def gone() -> bool:
+        try:
+            os.kill(pool_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(gone, 15, "the cancelled job's pool process to be terminated")
+    assert fetch(long.id).state is JobState.CANCELLED
+    found: list[Any] = sorted(path.name for path in ARTIFACTS.glob("*.png"))
+    assert {"overview.png", "jobs.png", "job.png", "lineage.png", "cancelled.png"} <= set(found)
