@@ -42,6 +42,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_gone(pid: int) -> bool:
+    """Whether no process with ``pid`` runs any more (it was killed, or ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def wait_until(
     condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
 ) -> Any:

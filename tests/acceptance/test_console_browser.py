@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.acceptance.conftest import ROOT, Processes, free_port, wait_until
+from tests.acceptance.conftest import ROOT, Processes, free_port, process_gone, wait_until
 from worker_bridge import WorkerJobConfig, schedule_job
 from worker_bridge.job import Job, JobState
 
@@ -135,14 +135,9 @@ def test_an_operator_watches_and_acts_in_the_console(
     assert page.locator("#state").inner_text() == "cancelled"
     shot(page, "cancelled")
 
-    def gone() -> bool:
-        try:
-            os.kill(pool_pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_until(gone, 15, "the cancelled job's pool process to be terminated")
+    wait_until(
+        lambda: process_gone(pool_pid), 15, "the cancelled job's pool process to be terminated"
+    )
     assert fetch(long.id).state is JobState.CANCELLED
     found: list[Any] = sorted(path.name for path in ARTIFACTS.glob("*.png"))
     assert {"overview.png", "jobs.png", "job.png", "lineage.png", "cancelled.png"} <= set(found)

@@ -11,7 +11,6 @@ broker with broadcast).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from collections import defaultdict
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.acceptance.conftest import Processes, wait_until
+from tests.acceptance.conftest import Processes, process_gone, wait_until
 from tests.acceptance.test_forged_messages import publish
 from worker_bridge import WorkerJobConfig, schedule_job
 from worker_bridge.celery_app import create_celery_app
@@ -158,14 +157,9 @@ def test_cancel_stops_a_running_job_and_its_row_stays_cancelled(
     assert done.stopped and done.before.state is JobState.RUNNING
     assert done.after.state is JobState.CANCELLED
 
-    def gone() -> bool:
-        try:
-            os.kill(pool_pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_until(gone, 10, "the pool process running the job to be terminated")
+    wait_until(
+        lambda: process_gone(pool_pid), 10, "the pool process running the job to be terminated"
+    )
     # Its run ended there: it never recorded an end, and nothing overwrote the row.
     later = schedule_job(WorkerJobConfig(type="echo", user_id=2))
     wait_until(lambda: fetch(later.id).finished, 30, "the worker to run the next job")
