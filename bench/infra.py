@@ -143,7 +143,7 @@ class BenchDatabase:
 
     def truncate(self) -> None:
         with self.engine.begin() as connection:
-            connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
+            connection.execute(text("TRUNCATE worker_jobs, worker_job_minutes RESTART IDENTITY"))
 
     def drop(self, keep: bool = False, patience: float = 30) -> None:
         """Drop the peers' databases and (unless ``keep``) the bench's own. A server

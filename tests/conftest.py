@@ -80,7 +80,7 @@ def session_bridge(database_url: str) -> Iterator[BridgeApp]:
 def bridge(session_bridge: BridgeApp) -> Iterator[BridgeApp]:
     """The test run's BridgeApp, installed as the process default, on an empty table."""
     with session_bridge.engine.begin() as connection:
-        connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
+        connection.execute(text("TRUNCATE worker_jobs, worker_job_minutes RESTART IDENTITY"))
     set_bridge(session_bridge)
     yield session_bridge
     set_bridge(None)

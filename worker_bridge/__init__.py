@@ -34,7 +34,7 @@ from worker_bridge.settings import Settings
 
 if TYPE_CHECKING:
     from worker_bridge.celery_app import BridgeCelery
-    from worker_bridge.control import cancel_job
+    from worker_bridge.control import cancel_job, run_again, run_now
 
     app: BridgeCelery
     celery: BridgeCelery
@@ -47,11 +47,11 @@ def __getattr__(name: str) -> Any:
         from worker_bridge.celery_app import default_app
 
         return default_app()
-    if name == "cancel_job":
+    if name in ("cancel_job", "run_now", "run_again"):
         # control reaches Celery (to stop a running job): imported on first use.
-        from worker_bridge.control import cancel_job
+        from worker_bridge import control
 
-        return cancel_job
+        return getattr(control, name)
     raise AttributeError(f"module 'worker_bridge' has no attribute {name!r}")
 
 
@@ -71,6 +71,8 @@ __all__ = [
     "cancel_job",
     "celery",
     "get_bridge",
+    "run_again",
+    "run_now",
     "schedule_cron_job",
     "schedule_job",
     "schedule_jobs",

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from worker_bridge.attempt import Clock, utcnow
 from worker_bridge.bridge import BridgeApp
+from worker_bridge.broker import job_queues, queued_messages
 from worker_bridge.errors import DatabaseUnavailableError
 from worker_bridge.job import Job
 from worker_bridge.maintenance import REMOVAL_JOB, JobRecovery, JobRemoval
@@ -249,36 +250,15 @@ class Dispatcher:
 
     def job_queues(self) -> set[str]:
         """Every queue a job type's messages may go to: the default one and the types' own."""
-        registry = self.bridge.jobs
-        conf = self.celery.conf
-        queues = {conf.task_default_queue, *(q.name for q in conf.task_queues or ())}
-        for job_type in registry.known_types():
-            queue = job_options(registry, job_type).queue
-            if queue is not None:
-                queues.add(queue)
-        return queues
+        return job_queues(self.bridge, self.celery)
 
     def broker_backlog(self) -> int | None:
-        """Messages waiting in the job queues, or None if the broker cannot say."""
-        names = self.job_queues()
-        try:
-            with self.celery.connection_for_read() as connection:
-                channel = connection.default_channel
-                total = 0
-                for name in names:
-                    try:
-                        total += channel.queue_declare(queue=name, passive=True).message_count
-                    except connection.channel_errors:
-                        # The queue does not exist yet: nothing waits in it.
-                        channel = connection.channel()
-                return total
-        except Exception as exc:
-            logger.warning(
-                "cannot count the broker's queued messages (%s): lost messages "
-                "are not re-sent on this pass",
-                exc,
-            )
-            return None
+        """Messages waiting in the job queues, or None if the broker cannot say.
+
+        None leaves dispatched rows alone on this pass: a message not seen may
+        still be queued, so it is not taken for lost.
+        """
+        return queued_messages(self.celery, self.job_queues())
 
     def seconds_until_next_pass(self, report: DispatchReport, now: datetime) -> float:
         """How long to wait after ``report`` (of a pass at about ``now``) before the next pass."""

@@ -16,7 +16,8 @@
     ├── DatabaseUnavailableError      the database stayed unreachable past the reconnect patience
     ├── JobModuleError                a job module that cannot be imported or has no run()
     ├── JobNotFoundError              (also LookupError) no row with that id
-    ├── JobFinishedError              (also ValueError) the row has finished: nothing to cancel
+    ├── JobStateError                 (also ValueError) the row's state forbids the action
+    │   └── JobFinishedError          the row has finished: nothing to cancel
     └── JobFailedError                a job's run failed; what its Celery task raises when run()
                                       raised nothing of its own (a time limit, a bad result)
 
@@ -92,7 +93,11 @@ class JobNotFoundError(WorkerBridgeError, LookupError):
     """No row of ``worker_jobs`` has the id asked for."""
 
 
-class JobFinishedError(WorkerBridgeError, ValueError):
+class JobStateError(WorkerBridgeError, ValueError):
+    """The row's state does not allow what was asked (run a running job now, for one)."""
+
+
+class JobFinishedError(JobStateError):
     """The row has already finished (succeeded, failed or cancelled): it cannot be cancelled."""
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -118,6 +119,23 @@ class WorkerJob(Base):
         ),
         Index("ix_worker_jobs_remove_at", "remove_at", **_partial("remove_at IS NOT NULL")),
         Index("ix_worker_jobs_failed_finished", "finished", **_partial("success = false")),
+        Index("ix_worker_jobs_type_id", "type", "id"),
+        Index("ix_worker_jobs_user_id_id", "user_id", "id"),
+        Index("ix_worker_jobs_finished", "finished"),
+        Index("ix_worker_jobs_due", "due"),
+        Index(
+            "ix_worker_jobs_live_cron",
+            "type",
+            "user_id",
+            "id",
+            **_partial("cron_schedule IS NOT NULL AND finished IS NULL"),
+        ),
+        Index(
+            "ix_worker_jobs_data",
+            "data",
+            postgresql_using="gin",
+            postgresql_ops={"data": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
         CheckConstraint(
             "auto_reschedule_on_failure_delay >= 0", name="ck_worker_jobs_retry_delay_not_negative"
         ),
@@ -205,6 +223,30 @@ class WorkerJob(Base):
         )
 
 
+class WorkerJobMinute(Base):
+    """What the rows that finished in one minute came to, per job type, once removed.
+
+    Removal deletes finished rows (succeeded ones a minute after they finish,
+    by default) and, in the same transaction, adds them here. The console's
+    chart of the last hour counts the rows still in ``worker_jobs`` plus these,
+    so every finished row is counted once, whether it was removed or not.
+    """
+
+    __tablename__ = "worker_job_minutes"
+
+    #: The minute (UTC, seconds zero) in which the rows finished.
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    #: Their job type.
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cancelled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: How many of them ran (started by a worker), and their start lags (started - due).
+    ran: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lag_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    lag_max: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
 class _IsCancellation(FunctionElement[bool]):
     """SQL for :func:`is_cancellation`: ``result.cancelled`` is the JSON value ``true``."""
 
@@ -237,4 +279,88 @@ def state_expression() -> ColumnElement[str]:
     )
 
 
-__all__ = ["Base", "JSONType", "JobState", "UTCDateTime", "WorkerJob", "state_expression"]
+def state_condition(state: JobState) -> ColumnElement[bool]:
+    """A row is in ``state``: the branch of :func:`state_expression` as a plain predicate.
+
+    Written on the columns themselves, so that PostgreSQL can use the partial
+    indexes whose predicates say the same (a CASE compared to a value it cannot).
+    """
+    t = WorkerJob.__table__.c
+    finished = t.finished.isnot(None)
+    unfinished = t.finished.is_(None)
+    conditions: dict[JobState, ColumnElement[bool]] = {
+        JobState.SUCCEEDED: finished & (t.success == True),  # noqa: E712
+        JobState.CANCELLED: finished & (t.success == False) & _IsCancellation(t.result),  # noqa: E712
+        JobState.FAILED: finished
+        & (t.success == False)  # noqa: E712
+        & ~func.coalesce(_IsCancellation(t.result), False),
+        JobState.RUNNING: unfinished & t.started.isnot(None),
+        JobState.DISPATCHED: unfinished & t.started.is_(None) & t.dispatched_at.isnot(None),
+        JobState.PENDING: unfinished & t.started.is_(None) & t.dispatched_at.is_(None),
+    }
+    return conditions[state]
+
+
+class _Minute(FunctionElement[datetime]):
+    """SQL for the minute (UTC, seconds zero) a timestamp falls in."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "minute_of"
+
+
+@compiles(_Minute, "postgresql")
+def _minute_pg(element: _Minute, compiler: Any, **kw: Any) -> str:
+    return f"date_trunc('minute', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Minute)
+def _minute_default(element: _Minute, compiler: Any, **kw: Any) -> str:
+    # SQLite stores UTC text; the bucket keeps the same text form so that it reads back.
+    return f"strftime('%Y-%m-%d %H:%M:00.000000', {compiler.process(element.clauses, **kw)})"
+
+
+def minute_of(column: ColumnElement[datetime]) -> ColumnElement[datetime]:
+    """The minute ``column`` falls in, as SQL (grouping finished rows for the chart)."""
+    return _Minute(column)
+
+
+class _Seconds(FunctionElement[float]):
+    """SQL for the seconds from one timestamp to another."""
+
+    type = Float()
+    inherit_cache = True
+    name = "seconds_between"
+
+
+@compiles(_Seconds, "postgresql")
+def _seconds_pg(element: _Seconds, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"extract(epoch from ({end}) - ({start}))"
+
+
+@compiles(_Seconds)
+def _seconds_default(element: _Seconds, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+def seconds_between(
+    start: ColumnElement[datetime], end: ColumnElement[datetime]
+) -> ColumnElement[float]:
+    """``end - start`` in seconds, as SQL (a job's start lag: due to started)."""
+    return _Seconds(start, end)
+
+
+__all__ = [
+    "Base",
+    "JSONType",
+    "JobState",
+    "UTCDateTime",
+    "WorkerJob",
+    "WorkerJobMinute",
+    "minute_of",
+    "seconds_between",
+    "state_condition",
+    "state_expression",
+]

@@ -204,7 +204,7 @@ def bridge(backend: str, session_bridge: BridgeApp, tmp_path: Path) -> Iterator[
     """The BridgeApp of the test's back end, installed as the process default, empty."""
     if backend in POSTGRESQL_BACKENDS:
         with session_bridge.engine.begin() as connection:
-            connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
+            connection.execute(text("TRUNCATE worker_jobs, worker_job_minutes RESTART IDENTITY"))
         bridge = session_bridge
     else:
         url = f"sqlite:///{tmp_path / 'worker_bridge.sqlite3'}"

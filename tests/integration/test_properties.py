@@ -211,7 +211,7 @@ def snapshot(all_jobs: AllJobs) -> Snapshot:
 def fresh_table(bridge: BridgeApp) -> Iterator[None]:
     """An empty table for one Hypothesis example (fixtures run once per test, not per example)."""
     with bridge.engine.begin() as connection:
-        connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
+        connection.execute(text("TRUNCATE worker_jobs, worker_job_minutes RESTART IDENTITY"))
     yield
 
 

@@ -90,7 +90,7 @@ def test_same_outcome_as_one_by_one(
     ]
     batch = _outcome(schedule_jobs(configs), all_jobs())
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE worker_jobs RESTART IDENTITY"))
+        connection.execute(text("TRUNCATE worker_jobs, worker_job_minutes RESTART IDENTITY"))
     one_by_one = _outcome([schedule_job(config) for config in configs], all_jobs())
     assert batch == one_by_one
 

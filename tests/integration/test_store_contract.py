@@ -1464,6 +1464,48 @@ def test_delete_removable_jobs_honours_limit(contract_bridge: BridgeApp) -> None
     assert _fields(_rows(contract_bridge)) == _fields([kept])
 
 
+def test_removed_rows_stay_in_the_chart_of_finished_rows(contract_bridge: BridgeApp) -> None:
+    """Removal deletes finished rows and adds them to the minutes in one transaction:
+    the chart counts each finished row once, before and after its removal."""
+    minute = datetime(2030, 3, 1, 11, 40, tzinfo=UTC)
+    at = minute + timedelta(seconds=20)
+    due = at - timedelta(minutes=1, seconds=10)  # started 10 s after due
+    _put(contract_bridge, due=due, **_succeeded(finished=at, remove_at=NOW - timedelta(seconds=1)))
+    slower = due - timedelta(seconds=30)  # started 40 s after due
+    _put(contract_bridge, due=slower, user_id=2, **_succeeded(finished=at, remove_at=None))
+    _put(contract_bridge, due=due, user_id=3, **_failed(finished=at + timedelta(seconds=30)))
+    _put(contract_bridge, user_id=4, **_cancelled(finished=at))
+    later = minute + timedelta(minutes=1)
+    _put(contract_bridge, type="other", user_id=5, **_succeeded(finished=later))
+    _put(contract_bridge, user_id=6, **_succeeded(finished=minute - timedelta(hours=2)))
+    _put(contract_bridge, user_id=7)  # pending: not finished
+
+    def chart() -> list[Any]:
+        with contract_bridge.engine.connect() as connection:
+            return contract_bridge.store.finished_by_minute(
+                connection, since=minute - timedelta(minutes=5), until=NOW
+            )
+
+    before = chart()
+    assert [(c.minute, c.type, c.succeeded, c.failed, c.cancelled, c.ran) for c in before] == [
+        (minute, "echo", 2, 1, 1, 3),
+        (minute + timedelta(minutes=1), "other", 1, 0, 0, 1),
+    ]
+    assert before[0].lag_max == pytest.approx(40.0)
+    # The failed row started a minute before its finish, 30 s later: 40 s after due.
+    assert before[0].lag_sum == pytest.approx(10.0 + 40.0 + 40.0)
+    with contract_bridge.engine.begin() as connection:
+        deleted = contract_bridge.store.delete_removable_jobs(
+            connection, now=NOW, failed_before=NOW
+        )
+    assert deleted == 3  # the removable success, the failed, the cancelled
+    assert chart() == before
+    # A second removal adds nothing twice.
+    with contract_bridge.engine.begin() as connection:
+        contract_bridge.store.delete_removable_jobs(connection, now=NOW, failed_before=NOW)
+    assert chart() == before
+
+
 # --- reports --------------------------------------------------------------------------
 
 

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, delete, func, select, tuple_, update
+from sqlalchemy import Connection, Engine, func, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 
 from worker_bridge.job import Job, NewJob
 from worker_bridge.outcome import Outcome
-from worker_bridge.store import reports
+from worker_bridge.store import minutes, reports
 from worker_bridge.store.records import LostAttempt, Recovered, WrittenOutcome
 from worker_bridge.store.schema import (
     CLAIM,
@@ -101,8 +101,18 @@ class Store(ABC):
         )
         return [Job.from_row(row) for row in rows]
 
-    #: Up to ``limit`` rows matching every filter given, newest (highest id) first.
+    #: Up to ``limit`` rows matching a filter, newest (highest id) first.
     list_jobs = staticmethod(reports.list_jobs)
+    #: How many rows match a filter, counted up to a cap.
+    count_jobs = staticmethod(reports.count_jobs)
+    #: Ids of the unfinished rows matching a filter, oldest first.
+    live_ids = staticmethod(reports.live_ids)
+    #: The highest id in the table.
+    last_id = staticmethod(reports.last_id)
+    #: Live cron rows, each with the rows before it in its chain.
+    cron_series = staticmethod(reports.cron_series)
+    #: The row that follows a job in its chain, if any.
+    follow_up_of = staticmethod(reports.follow_up_of)
     #: The chain of a job through ``rescheduled_from_job``, ``limit`` rows each way.
     job_lineage = staticmethod(reports.job_lineage)
     #: Counts by type and status, and the pending row due the longest.
@@ -111,6 +121,8 @@ class Store(ABC):
     superseded_by = staticmethod(reports.superseded_by)
     #: Live rows by type (pending, due, dispatched, running, stale), in one grouped query.
     live_backlog = staticmethod(reports.live_backlog)
+    #: Rows that finished in a time window, by minute and type (removed ones included).
+    finished_by_minute = staticmethod(minutes.finished_by_minute)
 
     def describe_refusal(self, connection: Connection, job_id: int, token: str) -> str:
         """Why row ``job_id`` refused attempt ``token`` (for the one log line)."""
@@ -177,9 +189,17 @@ class Store(ABC):
         A running row is cancelled too: its worker's finish is then refused,
         since the attempt token is cleared.
         """
+        return self.cancel_jobs(connection, [job_id], now=now, reason=reason) == 1
+
+    def cancel_jobs(
+        self, connection: Connection, job_ids: Sequence[int], *, now: datetime, reason: str
+    ) -> int:
+        """Cancel the live rows among ``job_ids`` as :meth:`cancel_job` does; return how many."""
+        if not job_ids:
+            return 0
         result = connection.execute(
             update(jobs_table)
-            .where((jobs_table.c.id == job_id) & jobs_table.c.finished.is_(None))
+            .where(jobs_table.c.id.in_(list(job_ids)) & jobs_table.c.finished.is_(None))
             .values(
                 started=func.coalesce(jobs_table.c.started, now),
                 finished=now,
@@ -190,7 +210,27 @@ class Store(ABC):
                 updated_at=now,
             )
         )
-        return result.rowcount == 1
+        return int(result.rowcount)
+
+    def run_now(self, connection: Connection, job_id: int, *, now: datetime) -> bool:
+        """Make a pending, unsent row due at ``now``; False if it is not pending or already due.
+
+        The dispatchers are woken in the same transaction (on PostgreSQL), so
+        the row is sent on their next pass.
+        """
+        result = connection.execute(
+            update(jobs_table)
+            .where((jobs_table.c.id == job_id) & _UNSENT & (jobs_table.c.due > now))
+            .values(due=now, updated_at=now)
+        )
+        if result.rowcount != 1:
+            return False
+        self.notify_dispatchers(connection)
+        return True
+
+    def estimate_rows(self, connection: Connection) -> int | None:
+        """The table's row count as the planner estimates it (no scan), or None where unknown."""
+        return None
 
     def lock_pair(self, connection: Connection, job_type: str, user_id: int) -> None:  # noqa: B027
         """Take the transaction-scoped lock that serialises writers of (type, user_id).
@@ -498,7 +538,9 @@ class Store(ABC):
         Succeeded rows go once ``remove_at`` (finished + remove_delay) has
         passed; failed and cancelled rows once they finished before
         ``failed_before``. Rows that point to a deleted row keep living: the
-        foreign key sets their ``rescheduled_from_job`` to NULL.
+        foreign key sets their ``rescheduled_from_job`` to NULL. The deleted
+        rows are added to ``worker_job_minutes`` in the same transaction, and
+        minutes older than ``minutes.RETENTION`` are forgotten.
         """
         removable = (
             select(jobs_table.c.id)
@@ -510,8 +552,12 @@ class Store(ABC):
             )
             .limit(limit)
         )
-        result = connection.execute(delete(jobs_table).where(jobs_table.c.id.in_(removable)))
-        return result.rowcount
+        # In the same transaction, the deleted rows join the chart's minutes:
+        # counted once, whether still in the table or not.
+        deleted = minutes.delete_and_roll_up(connection, removable)
+        if deleted < limit:
+            minutes.delete_minutes_before(connection, now - minutes.RETENTION)
+        return deleted
 
 
 def refusal_reason(job: Job | None, token: str) -> str:

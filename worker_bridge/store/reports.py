@@ -12,11 +12,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Row, case, func, literal_column, select
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Row,
+    and_,
+    case,
+    func,
+    literal_column,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
+from worker_bridge.errors import ConfigurationError
 from worker_bridge.job import Job, JobState
-from worker_bridge.models import state_expression
+from worker_bridge.models import state_condition, state_expression
 from worker_bridge.store.schema import jobs_table
 
 #: How many rows :func:`job_lineage` follows each way by default.
@@ -95,8 +107,63 @@ def _summary(row: Row[*tuple[Any, ...]]) -> JobSummary:
     )
 
 
+#: The timestamps a job list can be ranged on (each has an index).
+TIME_FIELDS = ("due", "finished")
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which rows a listing, a count or a bulk cancel applies to: every field given must hold."""
+
+    job_type: str | None = None
+    user_id: int | None = None
+    status: JobState | None = None
+    task_id: str | None = None
+    #: JSON containment: rows whose ``data`` contains this object (PostgreSQL only).
+    data: dict[str, Any] | None = None
+    #: The timestamp ``since`` (inclusive) and ``until`` (exclusive) apply to: one of TIME_FIELDS.
+    time_field: str = "due"
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.time_field not in TIME_FIELDS:
+            raise ValueError(f"time_field must be one of {TIME_FIELDS}, not {self.time_field!r}")
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether it selects every row."""
+        return self == JobFilter(time_field=self.time_field)
+
+    def where(self, dialect: str) -> ColumnElement[bool]:
+        """The filter as a SQL condition for the ``dialect`` (``true()`` when empty)."""
+        c = jobs_table.c
+        conditions: list[ColumnElement[bool]] = []
+        if self.job_type is not None:
+            conditions.append(c.type == self.job_type)
+        if self.user_id is not None:
+            conditions.append(c.user_id == self.user_id)
+        if self.status is not None:
+            conditions.append(state_condition(self.status))
+        if self.task_id is not None:
+            conditions.append(c.task_id == self.task_id)
+        if self.data is not None:
+            if dialect != "postgresql":
+                raise ConfigurationError(
+                    f"filtering on data (JSON containment) needs PostgreSQL; this is {dialect}"
+                )
+            conditions.append(c.data.contains(self.data))
+        column = c[self.time_field]
+        if self.since is not None:
+            conditions.append(column >= self.since)
+        if self.until is not None:
+            conditions.append(column < self.until)
+        return and_(true(), *conditions)
+
+
 def list_jobs(
     connection: Connection,
+    where: JobFilter | None = None,
     *,
     job_type: str | None = None,
     user_id: int | None = None,
@@ -105,23 +172,68 @@ def list_jobs(
     before_id: int | None = None,
     task_id: str | None = None,
 ) -> list[JobSummary]:
-    """Up to ``limit`` rows matching every filter given, newest (highest id) first.
+    """Up to ``limit`` rows matching ``where`` (or the filters given), newest (highest id) first.
 
     ``before_id`` pages on: only rows with a smaller id (keyset pagination, as
     fast on the millionth row as on the first).
     """
-    query = select(*_summary_columns()).order_by(jobs_table.c.id.desc()).limit(limit)
+    if where is None:
+        where = JobFilter(job_type=job_type, user_id=user_id, status=status, task_id=task_id)
+    query = (
+        select(*_summary_columns())
+        .where(where.where(connection.dialect.name))
+        .order_by(jobs_table.c.id.desc())
+        .limit(limit)
+    )
     if before_id is not None:
         query = query.where(jobs_table.c.id < before_id)
-    if task_id is not None:
-        query = query.where(jobs_table.c.task_id == task_id)
-    if job_type is not None:
-        query = query.where(jobs_table.c.type == job_type)
-    if user_id is not None:
-        query = query.where(jobs_table.c.user_id == user_id)
-    if status is not None:
-        query = query.where(state_expression() == status.value)
     return [_summary(row) for row in connection.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """How many rows match, counted up to a cap: ``exact`` False means "at least ``value``"."""
+
+    value: int
+    exact: bool
+
+
+def count_jobs(
+    connection: Connection, where: JobFilter, *, cap: int = 10_000, live: bool = False
+) -> Count:
+    """How many rows match ``where`` (only unfinished ones with ``live``), up to ``cap``.
+
+    Counting every match of a broad filter on millions of rows reads them all;
+    a capped count stops at ``cap`` and says so.
+    """
+    condition = where.where(connection.dialect.name)
+    if live:
+        condition = condition & jobs_table.c.finished.is_(None)
+    matching = select(jobs_table.c.id).where(condition).limit(cap + 1).subquery()
+    value = int(connection.execute(select(func.count()).select_from(matching)).scalar_one())
+    return Count(min(value, cap), exact=value <= cap)
+
+
+def live_ids(
+    connection: Connection, where: JobFilter, *, limit: int, up_to: int | None = None
+) -> list[int]:
+    """Up to ``limit`` ids of unfinished rows matching ``where``, oldest first, locked
+    until the transaction ends (bulk cancel); only ids up to ``up_to`` if given."""
+    query = (
+        select(jobs_table.c.id)
+        .where(where.where(connection.dialect.name) & jobs_table.c.finished.is_(None))
+        .order_by(jobs_table.c.id)
+        .limit(limit)
+        .with_for_update()
+    )
+    if up_to is not None:
+        query = query.where(jobs_table.c.id <= up_to)
+    return [row.id for row in connection.execute(query)]
+
+
+def last_id(connection: Connection) -> int:
+    """The highest id in the table (0 when empty): where a bulk action's preview stopped."""
+    return int(connection.execute(select(func.coalesce(func.max(jobs_table.c.id), 0))).scalar_one())
 
 
 def job_lineage(connection: Connection, job_id: int, *, limit: int = LINEAGE_LIMIT) -> Lineage:
@@ -162,6 +274,77 @@ def _chain(
         .order_by(chain.c.depth)
     ).all()
     return [_summary(row) for row in rows if row.depth <= limit], len(rows) > limit
+
+
+@dataclass(frozen=True, slots=True)
+class CronSeries:
+    """A live cron row and the rows before it in its chain: one line of the cron series."""
+
+    live: JobSummary
+    #: The rows it follows, newest first, up to the number asked.
+    history: list[JobSummary]
+
+
+def cron_series(
+    connection: Connection,
+    *,
+    job_type: str | None = None,
+    user_id: int | None = None,
+    after: tuple[str, int, int] | None = None,
+    limit: int = 50,
+    history: int = 5,
+) -> list[CronSeries]:
+    """Live cron rows ordered by (type, user, id), each with its last ``history`` rows.
+
+    ``after`` is the (type, user_id, id) of the last line of the page before
+    (keyset pagination over a partial index of live cron rows). Two queries
+    whatever the page's size: the live rows, then one recursive walk back
+    from all of them at once.
+    """
+    c = jobs_table.c
+    query = (
+        select(*_summary_columns())
+        .where(c.cron_schedule.isnot(None) & c.finished.is_(None))
+        .order_by(c.type, c.user_id, c.id)
+        .limit(limit)
+    )
+    if job_type is not None:
+        query = query.where(c.type == job_type)
+    if user_id is not None:
+        query = query.where(c.user_id == user_id)
+    if after is not None:
+        query = query.where(tuple_(c.type, c.user_id, c.id) > tuple_(*after))
+    live = [_summary(row) for row in connection.execute(query)]
+    earlier: dict[int, list[JobSummary]] = {row.id: [] for row in live}
+    if live and history > 0:
+        start = select(
+            c.id, c.rescheduled_from_job, c.id.label("series"),
+            literal_column("0", Integer).label("depth"),
+        ).where(c.id.in_(list(earlier)))  # fmt: skip
+        chain = start.cte("series", recursive=True)
+        chain = chain.union_all(
+            select(
+                c.id, c.rescheduled_from_job, chain.c.series,
+                chain.c.depth + literal_column("1", Integer),
+            ).where((c.id == chain.c.rescheduled_from_job) & (chain.c.depth < history))
+        )  # fmt: skip
+        rows = connection.execute(
+            select(*_summary_columns(), chain.c.series, chain.c.depth)
+            .select_from(jobs_table.join(chain, c.id == chain.c.id))
+            .where(chain.c.depth > 0)
+            .order_by(chain.c.series, chain.c.depth)
+        )
+        for row in rows:
+            earlier[row.series].append(_summary(row))
+    return [CronSeries(row, earlier[row.id]) for row in live]
+
+
+def follow_up_of(connection: Connection, job_id: int) -> int | None:
+    """The id of the row that follows ``job_id`` (its cron follow-up or retry), or None."""
+    found: int | None = connection.execute(
+        select(jobs_table.c.id).where(jobs_table.c.rescheduled_from_job == job_id)
+    ).scalar()
+    return found
 
 
 def job_stats(connection: Connection) -> JobStats:

@@ -1,0 +1,76 @@
+"""The console's indexes, and worker_job_minutes for finished rows once removed.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-06
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+_ts = sa.DateTime(timezone=True)
+
+
+def _partial(where: str) -> dict[str, Any]:
+    return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
+
+
+def upgrade() -> None:
+    # The job list filters by type or user and pages newest first: (column, id)
+    # serves both at once, as fast on the millionth row as on the first.
+    op.create_index("ix_worker_jobs_type_id", "worker_jobs", ["type", "id"])
+    op.create_index("ix_worker_jobs_user_id_id", "worker_jobs", ["user_id", "id"])
+    # Time ranges over due and finished; the chart of the last hour reads finished.
+    op.create_index("ix_worker_jobs_finished", "worker_jobs", ["finished"])
+    op.create_index("ix_worker_jobs_due", "worker_jobs", ["due"])
+    # The cron series: the live row of each (type, user, schedule), a small set.
+    op.create_index(
+        "ix_worker_jobs_live_cron",
+        "worker_jobs",
+        ["type", "user_id", "id"],
+        **_partial("cron_schedule IS NOT NULL AND finished IS NULL"),
+    )
+    if op.get_bind().dialect.name == "postgresql":
+        # JSON containment (data @> '{...}'); jsonb_path_ops is the smaller GIN
+        # opclass and serves @> alone, which is all the console asks.
+        op.create_index(
+            "ix_worker_jobs_data",
+            "worker_jobs",
+            ["data"],
+            postgresql_using="gin",
+            postgresql_ops={"data": "jsonb_path_ops"},
+        )
+    op.create_table(
+        "worker_job_minutes",
+        sa.Column("minute", _ts, primary_key=True),
+        sa.Column("type", sa.Text(), primary_key=True),
+        sa.Column("succeeded", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("failed", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("cancelled", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("ran", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("lag_sum", sa.Float(), nullable=False, server_default="0"),
+        sa.Column("lag_max", sa.Float(), nullable=False, server_default="0"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("worker_job_minutes")
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_worker_jobs_data", table_name="worker_jobs")
+    for name in (
+        "ix_worker_jobs_live_cron",
+        "ix_worker_jobs_due",
+        "ix_worker_jobs_finished",
+        "ix_worker_jobs_user_id_id",
+        "ix_worker_jobs_type_id",
+    ):
+        op.drop_index(name, table_name="worker_jobs")
