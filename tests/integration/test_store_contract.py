@@ -1603,3 +1603,158 @@ def test_job_stats_counts_and_oldest_pending(contract_bridge: BridgeApp) -> None
         # dispatched row, due earlier, is not pending.
         oldest_pending=_summary(rows["echo-1-pending"]),
     )
+
+
+# --- the console's reports and actions ------------------------------------------------
+
+
+def test_each_state_filter_selects_exactly_the_rows_in_that_state(
+    contract_bridge: BridgeApp,
+) -> None:
+    from worker_bridge.store.reports import JobFilter
+
+    rows = [
+        _put(contract_bridge, user_id=1),
+        _put(contract_bridge, user_id=2, **_dispatched("t-2")),
+        _put(contract_bridge, user_id=3, **_running("t-3")),
+        _put(contract_bridge, user_id=4, **_succeeded()),
+        _put(contract_bridge, user_id=5, **_failed()),
+        _put(contract_bridge, user_id=6, **_cancelled()),
+        _put(contract_bridge, user_id=7, started=NOW, finished=NOW, success=False, result=None),
+    ]
+    store = contract_bridge.store
+    with contract_bridge.engine.connect() as connection:
+        for state in JobState:
+            where = JobFilter(status=state)
+            listed = {row.id for row in store.list_jobs(connection, where)}
+            assert listed == {row.id for row in rows if row.state is state}, state
+            count = store.count_jobs(connection, where, cap=10)
+            assert (count.value, count.exact) == (len(listed), True)
+        capped = store.count_jobs(connection, JobFilter(), cap=3)
+        assert (capped.value, capped.exact) == (3, False)
+        live = store.count_jobs(connection, JobFilter(job_type="echo"), live=True)
+        assert live.value == 3
+
+
+def test_time_ranges_and_data_containment(contract_bridge: BridgeApp) -> None:
+    from worker_bridge.store.reports import JobFilter
+
+    early = _put(contract_bridge, user_id=1, due=NOW - timedelta(hours=3), data={"k": "a"})
+    late = _put(contract_bridge, user_id=2, due=NOW - timedelta(hours=1), data={"k": "b"})
+    finished = _put(contract_bridge, user_id=3, data={"k": "a", "n": [1, 2]}, **_succeeded())
+    store = contract_bridge.store
+    with contract_bridge.engine.connect() as connection:
+
+        def ids(where: JobFilter) -> list[int]:
+            return [row.id for row in store.list_jobs(connection, where)]
+
+        window = JobFilter(since=NOW - timedelta(hours=4), until=NOW - timedelta(hours=2))
+        assert ids(window) == [early.id]
+        assert ids(JobFilter(since=NOW - timedelta(hours=1))) == [finished.id, late.id]
+        on_finish = JobFilter(time_field="finished", until=NOW)
+        assert ids(on_finish) == [finished.id]
+        contains = JobFilter(data={"n": [2]})
+        if contract_bridge.store.dialect == "postgresql":
+            assert ids(contains) == [finished.id]
+            assert ids(JobFilter(data={"k": "a"})) == [finished.id, early.id]
+        else:
+            with pytest.raises(ConfigurationError, match="needs PostgreSQL"):
+                ids(contains)
+    with pytest.raises(ValueError, match="time_field must be one of"):
+        JobFilter(time_field="started")
+
+
+def test_cron_series_pages_by_type_and_user_with_their_history(
+    contract_bridge: BridgeApp,
+) -> None:
+    def chain(job_type: str, user_id: int, length: int) -> list[Job]:
+        rows: list[Job] = []
+        for n in range(length):
+            done = _succeeded() if n < length - 1 else {}
+            follows = rows[-1].id if rows else None
+            rows.append(
+                _put(
+                    contract_bridge,
+                    type=job_type,
+                    user_id=user_id,
+                    cron_schedule="0 * * * *",
+                    rescheduled_from_job=follows,
+                    **done,
+                )
+            )
+        return rows
+
+    b = chain("echo", 2, 3)
+    a = chain("echo", 1, 8)
+    c = chain("other", 1, 1)
+    _put(contract_bridge, user_id=5)  # not cron
+    store = contract_bridge.store
+    with contract_bridge.engine.connect() as connection:
+        page = store.cron_series(connection, limit=2, history=5)
+        assert [s.live.id for s in page] == [a[-1].id, b[-1].id]
+        assert [row.id for row in page[0].history] == [row.id for row in reversed(a[2:7])]
+        assert [row.id for row in page[1].history] == [b[1].id, b[0].id]
+        last = page[-1].live
+        rest = store.cron_series(connection, after=(last.type, last.user_id, last.id))
+        assert [(s.live.id, s.history) for s in rest] == [(c[0].id, [])]
+        assert [s.live.id for s in store.cron_series(connection, user_id=2)] == [b[-1].id]
+        assert store.follow_up_of(connection, a[0].id) == a[1].id
+        assert store.follow_up_of(connection, a[-1].id) is None
+
+
+def test_run_now_moves_only_a_pending_row_not_yet_due(contract_bridge: BridgeApp) -> None:
+    later = _put(contract_bridge, user_id=1, due=NOW + timedelta(hours=1))
+    due = _put(contract_bridge, user_id=2, due=NOW - timedelta(minutes=1))
+    sent = _put(contract_bridge, user_id=3, due=NOW + timedelta(hours=1), **_dispatched("t-3"))
+    store = contract_bridge.store
+    with contract_bridge.engine.begin() as connection:
+        assert store.run_now(connection, later.id, now=NOW)
+        assert not store.run_now(connection, due.id, now=NOW)
+        assert not store.run_now(connection, sent.id, now=NOW)
+    after = {row.id: row for row in _rows(contract_bridge)}
+    assert after[later.id] == dataclasses.replace(later, due=NOW, updated_at=NOW)
+    assert after[due.id] == due and after[sent.id] == sent
+
+
+def test_cancel_jobs_cancels_the_live_rows_of_a_list(contract_bridge: BridgeApp) -> None:
+    from worker_bridge.store.reports import JobFilter
+
+    pending = _put(contract_bridge, user_id=1)
+    running = _put(contract_bridge, user_id=2, **_running("t-2"))
+    done = _put(contract_bridge, user_id=3, **_succeeded())
+    store = contract_bridge.store
+    with contract_bridge.engine.begin() as connection:
+        ids = store.live_ids(connection, JobFilter(job_type="echo"), limit=10)
+        assert ids == [pending.id, running.id]
+        assert store.live_ids(connection, JobFilter(), limit=10, up_to=pending.id) == [pending.id]
+        assert store.cancel_jobs(connection, [*ids, done.id], now=NOW, reason="bulk") == 2
+        assert store.last_id(connection) == done.id
+    rows = {row.id: row for row in _rows(contract_bridge)}
+    assert rows[pending.id].state is JobState.CANCELLED
+    assert rows[running.id].state is JobState.CANCELLED and rows[running.id].task_id is None
+    assert rows[running.id].result == {"error": "bulk", "cancelled": True, "cancelled_by": None}
+    assert rows[done.id] == done
+
+
+def test_run_again_and_bulk_cancel_through_control(contract_bridge: BridgeApp) -> None:
+    from worker_bridge import control
+    from worker_bridge.errors import JobStateError
+    from worker_bridge.store.reports import JobFilter
+
+    failed = _put(contract_bridge, user_id=1, data={"x": 1}, **_failed())
+    pending = _put(contract_bridge, user_id=1, due=NOW + timedelta(days=1))
+    new = control.run_again(failed.id, bridge=contract_bridge)
+    assert (new.rescheduled_from_job, new.data, new.state) == (failed.id, {"x": 1}, JobState.PENDING)
+    rows = {row.id: row for row in _rows(contract_bridge)}
+    # Scheduled as schedule_job schedules: the pair's pending job is superseded.
+    assert rows[pending.id].state is JobState.CANCELLED
+    assert rows[pending.id].result["cancelled_by"] == new.id
+    with pytest.raises(JobStateError, match=f"already has a follow-up, job {new.id}"):
+        control.run_again(failed.id, bridge=contract_bridge)
+    with pytest.raises(JobStateError, match="only a finished job can be run again"):
+        control.run_again(new.id, bridge=contract_bridge)
+    with pytest.raises(ValueError, match="needs a filter"):
+        control.cancel_jobs(JobFilter(), bridge=contract_bridge)
+    done = control.cancel_jobs(JobFilter(user_id=1), bridge=contract_bridge)
+    assert (done.cancelled, done.stopped) == (1, 0)
+    assert {row.id: row for row in _rows(contract_bridge)}[new.id].state is JobState.CANCELLED

@@ -23,7 +23,9 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
+    type_coerce,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from worker_bridge.errors import ConfigurationError
@@ -152,7 +154,8 @@ class JobFilter:
                 raise ConfigurationError(
                     f"filtering on data (JSON containment) needs PostgreSQL; this is {dialect}"
                 )
-            conditions.append(c.data.contains(self.data))
+            # type_coerce: JSONB's operators in Python, no cast in SQL (the GIN index applies).
+            conditions.append(type_coerce(c.data, JSONB).contains(self.data))
         column = c[self.time_field]
         if self.since is not None:
             conditions.append(column >= self.since)

@@ -30,6 +30,9 @@ class Bar:
     succeeded: tuple[float, float]
     failed: tuple[float, float]
     cancelled: tuple[float, float]
+    #: Where the start lag's mean and longest are drawn (a dot each; None: nothing ran).
+    lag_mean_y: float | None
+    lag_max_y: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +87,15 @@ def last_hour(counts: Sequence[MinuteCounts], *, now: datetime, minutes: int = 6
             y -= height
             parts.append((round(y, 1), round(height, 1)))
         cancelled, failed, succeeded = parts
-        bars.append(Bar(round(i * slot, 1), round(slot * 0.8, 1), c.minute, c, succeeded, failed,
-                        cancelled))  # fmt: skip
+        mean_y = max_y = None
         x = round(i * slot + slot * 0.4, 1)
         if c.lag_mean is not None:
-            mean_points.append(f"{x},{round(plot - plot * c.lag_mean / top_lag, 1)}")
-            max_points.append(f"{x},{round(plot - plot * c.lag_max / top_lag, 1)}")
+            mean_y = round(plot - plot * c.lag_mean / top_lag, 1)
+            max_y = round(plot - plot * c.lag_max / top_lag, 1)
+            mean_points.append(f"{x},{mean_y}")
+            max_points.append(f"{x},{max_y}")
+        bars.append(Bar(round(i * slot, 1), round(slot * 0.8, 1), c.minute, c, succeeded, failed,
+                        cancelled, mean_y, max_y))  # fmt: skip
     return Chart(
         bars=bars, lag_mean=" ".join(mean_points), lag_max=" ".join(max_points),
         top_count=top_count, top_lag=top_lag,
