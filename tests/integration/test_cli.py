@@ -459,6 +459,28 @@ def test_cancel_unknown_id(cli: Cli) -> None:
     assert_one_line_error(cli("cancel", "424242"), "no job with id 424242")
 
 
+# --- run-now, run-again ---------------------------------------------------------------------
+
+
+def test_run_now_and_run_again(cli: Cli, job_factory: Factory, fetch: Fetch) -> None:
+    later = job_factory(type="echo", user_id=30, due=datetime.now(UTC) + timedelta(hours=2))
+    moved = cli("run-now", str(later.id))
+    assert moved.code == 0, moved.err
+    assert moved.out.startswith(f"job {later.id} (echo, user 30) is due now")
+    assert fetch(later.id).due <= datetime.now(UTC)
+    states = make_states(job_factory)
+    assert_one_line_error(cli("run-now", str(states["running"].id)), "only a pending job")
+
+    failed = states["failed"]
+    again = cli("run-again", str(failed.id), "--json").json()
+    new = fetch(again["job"]["id"])
+    assert new.rescheduled_from_job == failed.id and new.state is JobState.PENDING
+    assert_one_line_error(
+        cli("run-again", str(failed.id)), f"already has a follow-up, job {new.id}"
+    )
+    assert_one_line_error(cli("run-again", "424242"), "no job with id 424242")
+
+
 # --- stats ----------------------------------------------------------------------------------
 
 

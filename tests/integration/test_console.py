@@ -357,3 +357,12 @@ def test_the_overview_charts_the_last_hour_including_removed_rows(
     page = http.get("/").text
     assert re.search(r'<g class="bar" data-minute="[^"]+" data-finished="4">', page)
     assert 'id="queued"' in page and 'id="max-in-flight"' in page
+
+
+def test_a_job_links_to_its_task_in_flower_when_flower_is_configured(
+    bridge: BridgeApp, job_factory: JobFactory
+) -> None:
+    job = job_factory(user_id=1, dispatched_at=datetime.now(UTC), task_id="abc-123")
+    linked = client(bridge, flower_url="http://flower.internal:5555/").get(f"/jobs/{job.id}")
+    assert 'id="flower" href="http://flower.internal:5555/task/abc-123"' in linked.text
+    assert 'id="flower"' not in client(bridge).get(f"/jobs/{job.id}").text

@@ -1,4 +1,4 @@
-"""The ``worker-bridge`` command: migrate, schedule, list, show, cancel and count jobs.
+"""The ``worker-bridge`` command: migrate, schedule, list, show, cancel, run again and count jobs.
 
 Every command prints plain aligned columns, or JSON with ``--json`` (before or
 after the command name). A failure is one line on stderr starting with
@@ -34,6 +34,8 @@ from worker_bridge.cli.commands import (
     cmd_demo,
     cmd_jobs,
     cmd_metrics,
+    cmd_run_again,
+    cmd_run_now,
     cmd_schedule,
     cmd_show,
     cmd_stats,
@@ -115,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=job_id)
     cancel = command("cancel", cmd_cancel, "cancel a live job (a cron job's schedule ends with it)")
     cancel.add_argument("id", type=job_id)
+    run_now = command("run-now", cmd_run_now, "make a pending job due now")
+    run_now.add_argument("id", type=job_id)
+    run_again = command(
+        "run-again", cmd_run_again, "schedule a finished job again, as a new row that follows it"
+    )
+    run_again.add_argument("id", type=job_id)
     command("stats", cmd_stats, "counts by status and type, and the oldest pending job")
     metrics = command("metrics", cmd_metrics, "serve Prometheus metrics of the table at /metrics")
     metrics.add_argument("--port", type=int_between(1, 65_535), default=9808, help="default 9808")
@@ -126,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument(
         "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
-    web.add_argument("--read-only", action="store_true", help="refuse every action (cancel)")
+    web.add_argument(
+        "--read-only", action="store_true", help="refuse every action (cancel, run now, run again)"
+    )
+    web.add_argument(
+        "--flower-url",
+        default=None,
+        help="Flower's address, for links to a job's task (default $WORKER_BRIDGE_FLOWER_URL)",
+    )
     web.add_argument(
         "--root-path", default="", help="the path prefix a reverse proxy serves it under"
     )

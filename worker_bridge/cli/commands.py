@@ -29,9 +29,9 @@ from worker_bridge.cli.formatting import (
     stamp,
     summary_row,
 )
-from worker_bridge.control import cancel_job
+from worker_bridge.control import cancel_job, run_again, run_now
 from worker_bridge.db import safe_url
-from worker_bridge.errors import JobFinishedError, JobNotFoundError
+from worker_bridge.errors import JobFinishedError, JobNotFoundError, JobStateError
 from worker_bridge.migrations import current_revision, upgrade_database
 from worker_bridge.models import JobState
 from worker_bridge.scheduling import WorkerJobConfig, schedule_cron_job, schedule_job
@@ -236,6 +236,32 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_now(args: argparse.Namespace) -> int:
+    """``run-now``: make a pending job due now."""
+    try:
+        job = run_now(args.id, bridge=get_bridge())
+    except (JobNotFoundError, JobStateError) as exc:
+        raise CommandError(str(exc)) from exc
+    if args.json:
+        print_json({"job": job_dict(job)})
+    else:
+        print(f"job {job.id} ({job.type}, user {job.user_id}) is due now ({job.due.isoformat()})")
+    return 0
+
+
+def cmd_run_again(args: argparse.Namespace) -> int:
+    """``run-again``: schedule a finished job again as a new row that follows it."""
+    try:
+        job = run_again(args.id, bridge=get_bridge())
+    except (JobNotFoundError, JobStateError) as exc:
+        raise CommandError(str(exc)) from exc
+    if args.json:
+        print_json({"job": job_dict(job)})
+    else:
+        print(f"scheduled job {job.id} ({job.type}, user {job.user_id}) again from job {args.id}")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """``stats``: counts by status and type, and the oldest pending job."""
     bridge = get_bridge()
@@ -306,6 +332,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 #: The environment variable with the console's "user:password" (HTTP basic auth).
 WEB_AUTH_VARIABLE = "WORKER_BRIDGE_WEB_AUTH"
+#: The environment variable with Flower's address, for the console's links to tasks.
+FLOWER_URL_VARIABLE = "WORKER_BRIDGE_FLOWER_URL"
 
 
 def is_loopback(address: str) -> bool:
@@ -336,7 +364,10 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise CommandError(
             f"the console needs its extra: pip install 'worker-bridge[web]' ({exc})"
         ) from exc
-    app = create_app(get_bridge(), ConsoleSettings(read_only=args.read_only, auth=auth))
+    flower = args.flower_url or os.environ.get(FLOWER_URL_VARIABLE) or None
+    app = create_app(
+        get_bridge(), ConsoleSettings(read_only=args.read_only, auth=auth, flower_url=flower)
+    )
     print(
         f"serving the console on http://{args.address}:{args.port}{args.root_path}/ "
         "(Ctrl-C to stop)",
