@@ -168,12 +168,12 @@ def _pick_type(random: str) -> str:
 def _data(user: str, source: str) -> str:
     """SQL for a row's ``data``: the user's plan and account, and where it came from."""
     plan = (
-        f"CASE WHEN {user} % 500 = 0 THEN '{RARE_PLAN}' WHEN {user} % 10 < 6 THEN 'free' "
-        f"WHEN {user} % 10 < 9 THEN 'pro' ELSE 'team' END"
+        f"CASE WHEN ({user}) % 500 = 0 THEN '{RARE_PLAN}' WHEN ({user}) % 10 < 6 THEN 'free' "
+        f"WHEN ({user}) % 10 < 9 THEN 'pro' ELSE 'team' END"
     )
     return (
-        f"jsonb_build_object('plan', {plan}, 'account', 100000 + {user}, "
-        f"'source', (ARRAY['api', 'web', 'import', 'admin'])[1 + {source} % 4])"
+        f"jsonb_build_object('plan', {plan}, 'account', 100000 + ({user}), "
+        f"'source', (ARRAY['api', 'web', 'import', 'admin'])[1 + ({source}) % 4])"
     )
 
 
@@ -293,6 +293,15 @@ FROM (
 ORDER BY created_at
 """
 
+def _schedule_index(series: str) -> str:
+    """SQL: the 1-based index in SCHEDULES of series number ``series``, by their shares."""
+    cases, total = [], 0
+    for index, (_, share, _, _) in enumerate(SCHEDULES[:-1], start=1):
+        total += share
+        cases.append(f"WHEN {series} % 20 < {total} THEN {index}")
+    return f"CASE {' '.join(cases)} ELSE {len(SCHEDULES)} END"
+
+
 #: The cron series in one statement, with ids of its own choosing so that each
 #: row can name the one it follows: depth 5 (the oldest) of every series first,
 #: as when they all fire at the same minute, up to depth 0, the live row, due at
@@ -348,13 +357,5 @@ FROM (
     ) AS fired
 ) AS cron
 ORDER BY 1
-""" if False else ""  # replaced below, once _schedule_index exists
+"""
 
-
-def _schedule_index(series: str) -> str:
-    """SQL: the 1-based index in SCHEDULES of series number ``series``, by their shares."""
-    cases, total = [], 0
-    for index, (_, share, _, _) in enumerate(SCHEDULES[:-1], start=1):
-        total += share
-        cases.append(f"WHEN {series} % 20 < {total} THEN {index}")
-    return f"CASE {' '.join(cases)} ELSE {len(SCHEDULES)} END"

@@ -114,3 +114,39 @@ def test_db_upgrade_reports_an_unreachable_database_in_one_line() -> None:
     assert len(lines) == 1, result.stderr
     assert "cannot reach the database" in lines[0]
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_0002_builds_the_console_indexes_on_a_table_with_rows(empty_database: str) -> None:
+    engine = create_engine(empty_database)
+    try:
+        upgrade_database(engine, "0001")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO worker_jobs (type, user_id, data, due) "
+                    "SELECT 'echo', n, jsonb_build_object('n', n), now() "
+                    "FROM generate_series(1, 500) AS n"
+                )
+            )
+        upgrade_database(engine)
+        indexes = {index["name"] for index in inspect(engine).get_indexes("worker_jobs")}
+        assert {
+            "ix_worker_jobs_type_id", "ix_worker_jobs_user_id_id", "ix_worker_jobs_finished",
+            "ix_worker_jobs_due", "ix_worker_jobs_live_cron", "ix_worker_jobs_data",
+        } <= indexes  # fmt: skip
+        with engine.connect() as connection:
+            valid = connection.execute(
+                text(
+                    "SELECT bool_and(indisvalid) FROM pg_index "
+                    "WHERE indrelid = 'worker_jobs'::regclass"
+                )
+            ).scalar()
+            assert valid is True
+            assert "worker_job_minutes" in inspect(connection).get_table_names()
+        downgrade_database(engine, "0001")
+        assert "ix_worker_jobs_data" not in {
+            index["name"] for index in inspect(engine).get_indexes("worker_jobs")
+        }
+        upgrade_database(engine)
+    finally:
+        engine.dispose()

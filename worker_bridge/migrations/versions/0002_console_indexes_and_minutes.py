@@ -24,31 +24,49 @@ def _partial(where: str) -> dict[str, Any]:
     return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
 
 
-def upgrade() -> None:
-    # The job list filters by type or user and pages newest first: (column, id)
-    # serves both at once, as fast on the millionth row as on the first.
-    op.create_index("ix_worker_jobs_type_id", "worker_jobs", ["type", "id"])
-    op.create_index("ix_worker_jobs_user_id_id", "worker_jobs", ["user_id", "id"])
-    # Time ranges over due and finished; the chart of the last hour reads finished.
-    op.create_index("ix_worker_jobs_finished", "worker_jobs", ["finished"])
-    op.create_index("ix_worker_jobs_due", "worker_jobs", ["due"])
-    # The cron series: the live row of each (type, user, schedule), a small set.
-    op.create_index(
-        "ix_worker_jobs_live_cron",
-        "worker_jobs",
-        ["type", "user_id", "id"],
-        **_partial("cron_schedule IS NOT NULL AND finished IS NULL"),
-    )
-    if op.get_bind().dialect.name == "postgresql":
+def _indexes(postgresql: bool) -> list[tuple[str, list[str], dict[str, Any]]]:
+    indexes: list[tuple[str, list[str], dict[str, Any]]] = [
+        # The job list filters by type or user and pages newest first: (column, id)
+        # serves both at once, as fast on the millionth row as on the first.
+        ("ix_worker_jobs_type_id", ["type", "id"], {}),
+        ("ix_worker_jobs_user_id_id", ["user_id", "id"], {}),
+        # Time ranges over due and finished; the chart of the last hour reads finished.
+        ("ix_worker_jobs_finished", ["finished"], {}),
+        ("ix_worker_jobs_due", ["due"], {}),
+        # The cron series: the live row of each (type, user, schedule), a small set.
+        (
+            "ix_worker_jobs_live_cron",
+            ["type", "user_id", "id"],
+            _partial("cron_schedule IS NOT NULL AND finished IS NULL"),
+        ),
+    ]
+    if postgresql:
         # JSON containment (data @> '{...}'); jsonb_path_ops is the smaller GIN
         # opclass and serves @> alone, which is all the console asks.
-        op.create_index(
-            "ix_worker_jobs_data",
-            "worker_jobs",
-            ["data"],
-            postgresql_using="gin",
-            postgresql_ops={"data": "jsonb_path_ops"},
+        indexes.append(
+            (
+                "ix_worker_jobs_data",
+                ["data"],
+                {"postgresql_using": "gin", "postgresql_ops": {"data": "jsonb_path_ops"}},
+            )
         )
+    return indexes
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        # CONCURRENTLY: building them on a table of millions of rows must not
+        # stop the application's writes. It cannot run in a transaction, and an
+        # interrupted run leaves some built: IF NOT EXISTS lets the next one go on.
+        with op.get_context().autocommit_block():
+            for name, columns, options in _indexes(postgresql=True):
+                op.create_index(
+                    name, "worker_jobs", columns, postgresql_concurrently=True,
+                    if_not_exists=True, **options,
+                )  # fmt: skip
+    else:
+        for name, columns, options in _indexes(postgresql=False):
+            op.create_index(name, "worker_jobs", columns, **options)
     op.create_table(
         "worker_job_minutes",
         sa.Column("minute", _ts, primary_key=True),
