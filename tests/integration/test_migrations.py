@@ -147,6 +147,24 @@ def test_0002_builds_the_console_indexes_on_a_table_with_rows(empty_database: st
         assert "ix_worker_jobs_data" not in {
             index["name"] for index in inspect(engine).get_indexes("worker_jobs")
         }
+        # What an interrupted CONCURRENTLY build leaves: the index there, INVALID.
+        with engine.begin() as connection:
+            connection.execute(text("CREATE INDEX ix_worker_jobs_due ON worker_jobs (due)"))
+            connection.execute(
+                text(
+                    "UPDATE pg_index SET indisvalid = false "
+                    "WHERE indexrelid = 'ix_worker_jobs_due'::regclass"
+                )
+            )
         upgrade_database(engine)
+        with engine.connect() as connection:
+            assert (
+                connection.execute(
+                    text(
+                        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_worker_jobs_due'::regclass"
+                    )
+                ).scalar()
+                is True
+            )
     finally:
         engine.dispose()

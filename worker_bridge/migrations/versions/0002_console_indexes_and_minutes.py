@@ -59,7 +59,20 @@ def upgrade() -> None:
         # stop the application's writes. It cannot run in a transaction, and an
         # interrupted run leaves some built: IF NOT EXISTS lets the next one go on.
         with op.get_context().autocommit_block():
-            for name, columns, options in _indexes(postgresql=True):
+            indexes = _indexes(postgresql=True)
+            # An interrupted CONCURRENTLY build leaves its index INVALID (kept up
+            # to date but never used): drop it so that it is built again.
+            invalid = op.get_bind().execute(
+                sa.text(
+                    "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE i.indrelid = 'worker_jobs'::regclass AND NOT i.indisvalid"
+                )
+            )
+            names = {name for name, _columns, _options in indexes}
+            for (name,) in invalid:
+                if name in names:
+                    op.drop_index(name, table_name="worker_jobs", postgresql_concurrently=True)
+            for name, columns, options in indexes:
                 op.create_index(
                     name, "worker_jobs", columns, postgresql_concurrently=True,
                     if_not_exists=True, **options,
