@@ -359,3 +359,407 @@ FROM (
 ORDER BY 1
 """
 
+
+#: What the removal job rolled up in the last hour (rows it deleted), per minute and type.
+MINUTE_ROWS = f"""
+INSERT INTO worker_job_minutes (minute, type, succeeded, failed, cancelled, ran, lag_sum, lag_max)
+SELECT minute, type, succeeded, failed, cancelled, succeeded + failed,
+       (succeeded + failed) * lag, CASE WHEN succeeded + failed > 0 THEN lag * 4 ELSE 0 END
+FROM (
+    SELECT minute, type,
+           floor(random() * 2 * share * :per_minute)::int AS succeeded,
+           floor(random() * 0.12 * share * :per_minute)::int AS failed,
+           (random() < 0.05)::int AS cancelled,
+           0.05 + random() * 0.3 AS lag
+    FROM generate_series(date_trunc('minute', CAST(:now AS timestamptz)) - interval '59 minutes',
+                         date_trunc('minute', CAST(:now AS timestamptz)),
+                         interval '1 minute') AS minute,
+         unnest(ARRAY{[name for name, _ in TYPES] + [RARE_TYPE]},
+                ARRAY{[share for _, share in TYPES] + [0.0001]}) AS t(type, share)
+) AS per_minute
+"""
+
+
+def load(db: BenchDatabase, shape: Shape, seed: float = 0.14) -> None:
+    """Fill the (empty, migrated) table: the one-off rows, the minutes, then the cron series.
+
+    The cron series come last, after VACUUM, with due times from a fresh clock:
+    by the time the pages are timed, no series has fallen due while nothing
+    dispatched it (the cron page would flag them late and count missed fires).
+    """
+    now = datetime.now(UTC)
+    with db.engine.begin() as connection:
+        # The statement sorts a million rows by creation time: in memory, not on disk.
+        connection.execute(text("SET LOCAL work_mem = '256MB'"))
+        connection.execute(text("SELECT setseed(:seed)"), {"seed": seed})
+        connection.execute(
+            text(ONE_OFF_ROWS),
+            {
+                "now": now, "users": shape.users, "finished": shape.finished,
+                "last_hour": shape.last_hour, "rare_step": max(1, shape.finished // RARE_ROWS),
+                "pending": shape.pending, "dispatched": shape.dispatched,
+                "running": shape.running,
+            },
+        )  # fmt: skip
+        connection.execute(
+            text(MINUTE_ROWS), {"now": now, "per_minute": max(1, shape.last_hour // 60)}
+        )
+    say("one-off rows inserted; VACUUM ANALYZE")
+    _vacuum_analyze(db.engine)
+    now = datetime.now(UTC)
+    with db.engine.begin() as connection:
+        base = connection.execute(text("SELECT coalesce(max(id), 0) FROM worker_jobs")).scalar()
+        connection.execute(
+            text(CRON_ROWS),
+            {"now": now, "base": base, "series": shape.series, "users": shape.users},
+        )
+        # The ids above were chosen here: the next one drawn must come after them.
+        connection.execute(
+            text(
+                "SELECT setval(pg_get_serial_sequence('worker_jobs', 'id'), "
+                "(SELECT max(id) FROM worker_jobs))"
+            )
+        )
+    _vacuum_analyze(db.engine, "ANALYZE worker_jobs")
+
+
+def _vacuum_analyze(
+    engine: Engine, statement: str = "VACUUM ANALYZE worker_jobs, worker_job_minutes"
+) -> None:
+    # VACUUM refuses to run inside a transaction block. After it, the table is as
+    # autovacuum keeps a real one (visibility map set), and it will not start
+    # vacuuming the million fresh rows in the middle of the timing.
+    with engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        autocommit.execute(text(statement))
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """What the loaded table holds, and the rows the pages ask for."""
+
+    rows: int
+    minutes: int
+    live_series: int
+    #: A row from the middle of the table: the second page starts below it.
+    middle_id: int
+    #: The user of that row (a user as active as the rows say).
+    user_id: int
+    #: A finished cron row with earlier and later rows in its chain.
+    lineage_job: int
+    #: The start of an hour a week ago (UTC).
+    week_ago: datetime
+
+
+def landmarks(engine: Engine) -> Landmarks:
+    """Find the rows the pages ask for, and count what was loaded."""
+    with engine.connect() as connection:
+
+        def scalar(sql: str, **params: object) -> int:
+            value = connection.execute(text(sql), params).scalar()
+            if value is None:
+                raise BenchError(f"the data set lacks what this finds: {sql}")
+            return int(value)
+
+        rows = scalar("SELECT count(*) FROM worker_jobs")
+        minutes = scalar("SELECT count(*) FROM worker_job_minutes")
+        live = "cron_schedule IS NOT NULL AND finished IS NULL"
+        live_series = scalar(f"SELECT count(*) FROM worker_jobs WHERE {live}")
+        middle = scalar("SELECT (min(id) + max(id)) / 2 FROM worker_jobs")
+        middle_id = scalar(
+            "SELECT id FROM worker_jobs WHERE id >= :middle ORDER BY id LIMIT 1", middle=middle
+        )
+        user_id = scalar("SELECT user_id FROM worker_jobs WHERE id = :id", id=middle_id)
+        # The row two before a live row of the middle series: two rows after it, three before.
+        lineage_job = scalar(
+            f"SELECT earlier.rescheduled_from_job FROM worker_jobs AS live "
+            f"JOIN worker_jobs AS earlier ON earlier.id = live.rescheduled_from_job "
+            f"WHERE live.{live} ORDER BY live.id LIMIT 1 OFFSET :half",
+            half=live_series // 2,
+        )
+    week_ago = (datetime.now(UTC) - timedelta(days=7)).replace(minute=0, second=0, microsecond=0)
+    return Landmarks(rows, minutes, live_series, middle_id, user_id, lineage_job, week_ago)
+
+
+# --- the pages --------------------------------------------------------------------------
+
+#: In every page: the filters' problems, if any (then no query ran).
+PROBLEM = 'class="problem"'
+
+
+def pages(marks: Landmarks) -> list[Page]:
+    """The pages timed, with the parameters an operator would use on this table."""
+
+    def jobs(label: str, **query: object) -> Page:
+        return Page(label, f"/jobs?{urlencode(query)}" if query else "/jobs", 'id="count"')
+
+    since = marks.week_ago
+    moment = "%Y-%m-%dT%H:%M:%S"  # the form's datetime-local, read in the console's zone (UTC)
+    return [
+        Page("overview", "/", 'id="types"'),
+        jobs("jobs, newest first"),
+        jobs("jobs of the big type", type=BIG_TYPE),
+        jobs("jobs of the rare type", type=RARE_TYPE),
+        jobs("jobs of one user", user=marks.user_id),
+        jobs("pending jobs", state="pending"),
+        jobs("failed jobs", state="failed"),
+        jobs("data contains a rare plan", data=json.dumps({"plan": RARE_PLAN})),
+        jobs(
+            "finished in one hour a week ago",
+            field="finished",
+            since=since.strftime(moment),
+            until=(since + timedelta(hours=1)).strftime(moment),
+        ),
+        jobs("jobs, a page from the middle", before=marks.middle_id),
+        Page("a cron job and its lineage", f"/jobs/{marks.lineage_job}", 'id="lineage"'),
+        Page("cron series", "/cron", "data-type="),
+        Page("cron series of one type", f"/cron?{urlencode({'type': CRON_PAGE_TYPE})}",
+             "data-type="),
+        Page("bulk cancel preview, rare type",
+             f"/jobs/cancel?{urlencode({'type': RARE_TYPE})}", 'id="preview"'),
+    ]  # fmt: skip
+
+
+#: A page answering with one of these did not show what it is timed for.
+WRONG = (PROBLEM, "no job matches", "no live cron job", "an unknown number of")
+
+
+class Client:
+    """GET requests over one kept-alive connection, timed from sending to the body's end."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._connection: http.client.HTTPConnection | None = None
+
+    def get(self, path: str) -> tuple[int, str, float]:
+        """(status, body, milliseconds); reconnects once if the server closed the connection."""
+        for attempt in (1, 2):
+            if self._connection is None:
+                # Connected before the clock starts: the time is the page's, not TCP's.
+                self._connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=REQUEST_TIMEOUT
+                )
+                self._connection.connect()
+            started = time.perf_counter()
+            try:
+                self._connection.request("GET", path)
+                response = self._connection.getresponse()
+                body = response.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.close()
+                if attempt == 2:
+                    raise
+                continue
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.will_close:
+                self.close()
+            return response.status, body.decode(errors="replace"), elapsed
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def fetch(client: Client, page: Page) -> float:
+    """Request ``page`` once, check it shows what it should; its milliseconds."""
+    status, body, ms = client.get(page.path)
+    if status != 200:
+        raise BenchError(f"{page.path} answered {status}: {body[:2000]}")
+    if page.marker not in body or any(wrong in body for wrong in WRONG):
+        problems = [line.strip() for line in body.splitlines() if PROBLEM in line]
+        raise BenchError(
+            f"{page.path} does not show what it is timed for ({page.marker!r} missing, or "
+            f"one of {WRONG} present): {problems or body[:2000]}"
+        )
+    return ms
+
+
+def time_pages(port: int, chosen: list[Page], repeat: int) -> Timings:
+    """Every page once to warm it, then ``repeat`` rounds through them all in turn."""
+    client = Client(port)
+    timings = Timings(chosen)
+    try:
+        for page in chosen:
+            ms = fetch(client, page)
+            say(f"warm-up {page.path}: {ms:,.0f} ms")
+        for round_number in range(1, repeat + 1):
+            for page in chosen:
+                timings.add(page, fetch(client, page))
+            if round_number % 5 == 0 or round_number == repeat:
+                say(f"round {round_number}/{repeat} done")
+    finally:
+        client.close()
+    return timings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_console(processes: Processes) -> int:
+    """``worker-bridge web`` on a free loopback port, in a process group of its own; the port."""
+    port = _free_port()
+    processes.spawn("console", ["-m", "worker_bridge.cli", "web", "--port", str(port)])
+    wait_for(
+        lambda: _listening(port), START_TIMEOUT, f"the console to listen on port {port}",
+        check=processes.check_alive,
+    )  # fmt: skip
+    return port
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def format_table(timings: Timings) -> str:
+    """The Markdown table: a line per page, its times and whether its median meets the target."""
+    lines = [
+        f"| page | path | median ms | p95 ms | min ms | max ms | median < {TARGET_MS:.0f} ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for page in timings.pages:
+        values = timings.samples.get(page.path, [])
+        if not values:
+            lines.append(f"| {page.label} | `{_shown(page.path)}` | - | - | - | - | - |")
+            continue
+        median = statistics.median(values)
+        met = "yes" if median < TARGET_MS else "**NO**"
+        lines.append(
+            f"| {page.label} | `{_shown(page.path)}` | {median:,.1f} | "
+            f"{percentile(values, 95):,.1f} | {min(values):,.1f} | {max(values):,.1f} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _shown(path: str) -> str:
+    """The path as a person reads it (its query decoded)."""
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(path)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.console",
+        description="Time the operator's console's pages on a table of --rows rows "
+        f"(issue 14: under {TARGET_MS:.0f} ms with 1,000,000).",
+    )
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
+                        help=f"rows in worker_jobs (default {DEFAULT_ROWS:,})")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help=f"timed requests per page, in rounds (default {DEFAULT_REPEAT})")
+    parser.add_argument("--redis-db", type=int, default=13,
+                        help="Redis database number of the console's broker, claimed and "
+                             "flushed (default 13)")
+    parser.add_argument("--keep-db", action="store_true",
+                        help="keep the benchmark's PostgreSQL database at the end")
+    args = parser.parse_args(argv)  # fmt: skip
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    try:
+        args.shape = Shape.of(args.rows)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def describe_rows(shape: Shape, marks: Landmarks) -> str:
+    return (
+        f"rows:     {marks.rows:,} in worker_jobs ({shape.finished:,} finished one-off rows "
+        f"over 30 days, {shape.last_hour:,} of them in the last hour; {shape.pending:,} pending, "
+        f"{shape.dispatched:,} dispatched, {shape.running:,} running; {marks.live_series:,} live "
+        f"cron series with {CRON_HISTORY} earlier rows each), {len(TYPES) + 1} types, "
+        f"{shape.users:,} users; {marks.minutes:,} rows in worker_job_minutes"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = " ".join(["python -m bench.console", *(sys.argv[1:] if argv is None else argv)])
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    log_dir = Path(tempfile.mkdtemp(prefix="worker_bridge_bench_console_"))
+    redis_db: BenchRedis | None = None
+    db: BenchDatabase | None = None
+    processes: Processes | None = None
+    timings: Timings | None = None
+    header: list[str] = []
+    errors = 0
+    interrupted = False
+    started = time.monotonic()
+    loaded = timed = 0.0
+    try:
+        redis_db = BenchRedis(args.redis_db)
+        db = BenchDatabase()
+        say(f"database {db.name}, Redis database {args.redis_db}, logs in {log_dir}")
+        header.append(describe_machine(db.engine, redis_db.info("redis_version")))
+        say(f"loading {args.rows:,} rows")
+        load(db, args.shape)
+        marks = landmarks(db.engine)
+        loaded = time.monotonic() - started
+        say(f"loaded in {loaded:.0f} s")
+        header.append(describe_rows(args.shape, marks))
+        processes = Processes(process_env(db.url, redis_db.url), log_dir)
+        port = start_console(processes)
+        chosen = pages(marks)
+        say(f"console on port {port}: {len(chosen)} pages, {args.repeat} rounds")
+        timings = time_pages(port, chosen, args.repeat)
+        timed = time.monotonic() - started - loaded
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+        say("interrupted: stopping the console and cleaning up")
+    except BenchError as exc:
+        say(f"cannot run: {exc}")
+        errors += 1
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        errors += 1
+    finally:
+        # The console, the database and the Redis database, whatever happened; one
+        # clean-up failing does not skip the others.
+        cleanups: list[tuple[str, Callable[[], None]]] = []
+        if processes is not None:
+            cleanups.append(("stopping the console", processes.stop_all))
+        if db is not None:
+            cleanups.append(("dropping the database", lambda: db.drop(keep=args.keep_db)))
+        if redis_db is not None:
+            cleanups.append((f"releasing Redis database {args.redis_db}", redis_db.release))
+        for what, cleanup in cleanups:
+            try:
+                cleanup()
+            except Exception as exc:
+                errors += 1
+                say(f"clean-up failed, {what}: {exc}")
+        if db is not None and args.keep_db:
+            say(f"kept database {db.name}")
+        if errors or interrupted:
+            say(f"console log kept in {log_dir}")
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    if header:
+        print("\n".join(header))
+        print(f"run:      {command} (rows={args.rows:,}, repeat={args.repeat}; load {loaded:.0f} s, "
+              f"timing {timed:.0f} s, took {time.monotonic() - started:.0f} s)")
+        print()
+    if timings is not None:
+        print(format_table(timings))
+    if interrupted:
+        return 130
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

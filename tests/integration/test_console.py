@@ -366,3 +366,8 @@ def test_a_job_links_to_its_task_in_flower_when_flower_is_configured(
     linked = client(bridge, flower_url="http://flower.internal:5555/").get(f"/jobs/{job.id}")
     assert 'id="flower" href="http://flower.internal:5555/task/abc-123"' in linked.text
     assert 'id="flower"' not in client(bridge).get(f"/jobs/{job.id}").text
+    secret = client(bridge, flower_url="https://admin:s3cret@flower.internal/").get(
+        f"/jobs/{job.id}"
+    )
+    assert 'href="https://flower.internal/task/abc-123"' in secret.text
+    assert "s3cret" not in secret.text

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
@@ -224,7 +225,7 @@ class Console:
         )  # fmt: skip
         result = row.result
         cancelled_by = result.get("cancelled_by") if isinstance(result, dict) else None
-        flower = self.settings.flower_url
+        flower = _without_credentials(self.settings.flower_url)
         return self.render(
             request, "job.html", job=row, steps=timeline(row), lineage=lineage,
             superseded=superseded, cancelled_by=cancelled_by, why=why,
@@ -382,6 +383,18 @@ class Console:
         return self.render(
             request, "bulk_cancel.html", problems=problems, count=None, up_to=None, fields=fields
         )
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """``url`` without a user and password: no secret goes into a page, not even Flower's."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _filter_fields(query: Mapping[str, str]) -> dict[str, str]:
