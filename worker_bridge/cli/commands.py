@@ -32,6 +32,7 @@ from worker_bridge.cli.formatting import (
 from worker_bridge.control import cancel_job, run_again, run_now
 from worker_bridge.db import safe_url
 from worker_bridge.errors import JobFinishedError, JobNotFoundError, JobStateError
+from worker_bridge.job import Job
 from worker_bridge.migrations import current_revision, upgrade_database
 from worker_bridge.models import JobState
 from worker_bridge.scheduling import WorkerJobConfig, schedule_cron_job, schedule_job
@@ -238,27 +239,28 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_run_now(args: argparse.Namespace) -> int:
     """``run-now``: make a pending job due now."""
-    try:
-        job = run_now(args.id, bridge=get_bridge())
-    except (JobNotFoundError, JobStateError) as exc:
-        raise CommandError(str(exc)) from exc
-    if args.json:
-        print_json({"job": job_dict(job)})
-    else:
-        print(f"job {job.id} ({job.type}, user {job.user_id}) is due now ({job.due.isoformat()})")
-    return 0
+    job = _job_action(lambda: run_now(args.id, bridge=get_bridge()))
+    return _print_job(args, job, f"is due now ({job.due.isoformat()})")
 
 
 def cmd_run_again(args: argparse.Namespace) -> int:
     """``run-again``: schedule a finished job again as a new row that follows it."""
+    job = _job_action(lambda: run_again(args.id, bridge=get_bridge()))
+    return _print_job(args, job, f"was scheduled again from job {args.id}")
+
+
+def _job_action(act: Callable[[], Job]) -> Job:
     try:
-        job = run_again(args.id, bridge=get_bridge())
+        return act()
     except (JobNotFoundError, JobStateError) as exc:
         raise CommandError(str(exc)) from exc
+
+
+def _print_job(args: argparse.Namespace, job: Job, what: str) -> int:
     if args.json:
         print_json({"job": job_dict(job)})
     else:
-        print(f"scheduled job {job.id} ({job.type}, user {job.user_id}) again from job {args.id}")
+        print(f"job {job.id} ({job.type}, user {job.user_id}) {what}")
     return 0
 
 

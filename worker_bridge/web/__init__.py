@@ -25,7 +25,7 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -308,41 +308,39 @@ class Console:
         target = request.url_for("job", job_id=job_id).include_query_params(message=message)
         return RedirectResponse(target, status_code=303)
 
-    async def cancel(self, request: Request) -> Response:
-        """Cancel a live job (stopping it if it runs)."""
+    async def _act_on_job(self, request: Request, act: Callable[[int], str]) -> Response:
+        """Run ``act`` on the job of the URL (off the event loop); back to its page with
+        what it said, or with why the job's state or id refused it."""
         _form, refused = await self._form(request)
         if refused:
             return refused
         job_id = int(request.path_params["job_id"])
+        try:
+            message = await run_in_threadpool(act, job_id)
+        except (JobNotFoundError, JobStateError) as exc:
+            message = str(exc)
+        return self._back_to_job(request, job_id, message)
 
-        def act() -> str:
-            try:
-                done = control.cancel_job(
-                    job_id, reason="Cancelled in the console.", bridge=self.bridge
-                )
-            except (JobNotFoundError, JobStateError) as exc:
-                return str(exc)
-            return f"cancelled (was {done.before.state.value})" + (
-                "; its run was told to stop" if done.stopped else ""
+    async def cancel(self, request: Request) -> Response:
+        """Cancel a live job (stopping it if it runs)."""
+
+        def act(job_id: int) -> str:
+            done = control.cancel_job(
+                job_id, reason="Cancelled in the console.", bridge=self.bridge
             )
+            stopped = "; its run was told to stop" if done.stopped else ""
+            return f"cancelled (was {done.before.state.value}){stopped}"
 
-        return self._back_to_job(request, job_id, await run_in_threadpool(act))
+        return await self._act_on_job(request, act)
 
     async def run_now(self, request: Request) -> Response:
         """Make a pending job due now."""
-        _form, refused = await self._form(request)
-        if refused:
-            return refused
-        job_id = int(request.path_params["job_id"])
 
-        def act() -> str:
-            try:
-                job = control.run_now(job_id, bridge=self.bridge)
-            except (JobNotFoundError, JobStateError) as exc:
-                return str(exc)
+        def act(job_id: int) -> str:
+            job = control.run_now(job_id, bridge=self.bridge)
             return f"due now ({job.due.isoformat()}): the dispatcher sends it on its next pass"
 
-        return self._back_to_job(request, job_id, await run_in_threadpool(act))
+        return await self._act_on_job(request, act)
 
     async def run_again(self, request: Request) -> Response:
         """Schedule a finished job again as a new row that follows it; show the new row."""
