@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus, urlencode
 
 from sqlalchemy import Engine, text
 
@@ -92,7 +92,7 @@ ERRORS = (
     ("ValueError", "the account has no billing address"),
     ("KeyError", "'customer_id'"),
 )
-#: Every 30 days a succeeded one-off row is kept (so the table holds a month).
+#: remove_delay of the one-off rows: a succeeded row is kept 30 days (the table holds a month).
 KEEP_MS = 30 * 24 * 3600 * 1000
 #: A succeeded cron row is kept a day.
 CRON_KEEP_MS = 24 * 3600 * 1000
@@ -112,6 +112,7 @@ class Shape:
     #: Finished one-off rows, the last ``last_hour`` of them in the last hour.
     finished: int
     last_hour: int
+    #: Users 1..users; the active ones have more rows (the low numbers).
     users: int
 
     @classmethod
@@ -126,7 +127,7 @@ class Shape:
             raise ValueError(f"--rows {rows} is too few for the live part; try 5000 or more")
         # Each unsent row (pending, dispatched, live cron) is a user of its own,
         # which keeps them clear of uq_worker_jobs_one_pending.
-        users = max(USERS, 2 * (pending + dispatched + series))
+        users = max(USERS, pending + dispatched + series)
         return cls(rows, series, pending, dispatched, running, finished,
                    max(10, round(3_000 * scale)), users)  # fmt: skip
 
@@ -178,7 +179,8 @@ def _data(user: str, source: str) -> str:
 
 
 def _array(values: Sequence[object]) -> str:
-    return "ARRAY[" + ", ".join(f"'{value}'" for value in values) + "]"
+    quoted = (str(value).replace("'", "''") for value in values)
+    return "(ARRAY[" + ", ".join(f"'{value}'" for value in quoted) + "])"
 
 
 _EXCEPTIONS = _array([exception for exception, _ in ERRORS])
@@ -271,9 +273,12 @@ FROM (
            NULL, NULL, NULL, NULL, {KEEP_MS}, NULL, sent, md5('d' || g)::uuid::text, NULL,
            NULL, 0, 0, sent - make_interval(secs => r * 600)
     FROM (
-        SELECT g, random() AS r, {_pick_type("random()")} AS type,
-               :now - make_interval(secs => random() * 20) AS sent
-        FROM generate_series(1, :dispatched) AS g
+        SELECT g, r, {_pick_type("r_type")} AS type,
+               :now - make_interval(secs => r_sent * 20) AS sent
+        FROM (
+            SELECT g, random() AS r, random() AS r_type, random() AS r_sent
+            FROM generate_series(1, :dispatched) AS g
+        ) AS draws
     ) AS dispatched_rows
 
     UNION ALL
@@ -284,14 +289,18 @@ FROM (
            greatest(started, :now - make_interval(secs => r * 3)), 1, 0,
            started - make_interval(secs => r * 600)
     FROM (
-        SELECT g, random() AS r, {_pick_type("random()")} AS type,
-               1 + floor(random() * :users)::int AS user_id,
-               :now - make_interval(secs => power(random(), 2) * 90) AS started
-        FROM generate_series(1, :running) AS g
+        SELECT g, r, {_pick_type("r_type")} AS type,
+               1 + floor(r_user * :users)::int AS user_id,
+               :now - make_interval(secs => power(r_start, 2) * 90) AS started
+        FROM (
+            SELECT g, random() AS r, random() AS r_type, random() AS r_user, random() AS r_start
+            FROM generate_series(1, :running) AS g
+        ) AS draws
     ) AS running_rows
 ) AS one_off
 ORDER BY created_at
 """
+
 
 def _schedule_index(series: str) -> str:
     """SQL: the 1-based index in SCHEDULES of series number ``series``, by their shares."""
@@ -381,7 +390,18 @@ FROM (
 
 
 def load(db: BenchDatabase, shape: Shape, seed: float = 0.14) -> None:
-    """Fill the (empty, migrated) table: the one-off rows, the minutes, then the cron series.
+    """Fill the (empty, migrated) table as a month of a busy deployment would.
+
+    Rows of eight types, one holding more than half, one about RARE_ROWS;
+    ``data`` holds the user's plan (one user in 500 is RARE_PLAN) and account.
+    Finished one-off rows, succeeded (92%), failed (6%, with the ``result`` a
+    failure stores) and cancelled by hand (2%), finished over the last 30 days
+    and ``shape.last_hour`` of them in the last hour, ids in creation order;
+    pending rows (some overdue, most due within two days), dispatched and
+    running ones; live cron series, each a pending row following a chain of
+    CRON_HISTORY finished ones through ``rescheduled_from_job``; and the last
+    hour of ``worker_job_minutes``. Then VACUUM ANALYZE, as autovacuum keeps a
+    real table.
 
     The cron series come last, after VACUUM, with due times from a fresh clock:
     by the time the pages are timed, no series has fallen due while nothing
@@ -447,8 +467,8 @@ class Landmarks:
     user_id: int
     #: A finished cron row with earlier and later rows in its chain.
     lineage_job: int
-    #: The start of an hour a week ago (UTC).
-    week_ago: datetime
+    #: When it was loaded: the time ranges asked for are a week and a month before.
+    now: datetime
 
 
 def landmarks(engine: Engine) -> Landmarks:
@@ -472,13 +492,13 @@ def landmarks(engine: Engine) -> Landmarks:
         user_id = scalar("SELECT user_id FROM worker_jobs WHERE id = :id", id=middle_id)
         # The row two before a live row of the middle series: two rows after it, three before.
         lineage_job = scalar(
-            f"SELECT earlier.rescheduled_from_job FROM worker_jobs AS live "
-            f"JOIN worker_jobs AS earlier ON earlier.id = live.rescheduled_from_job "
-            f"WHERE live.{live} ORDER BY live.id LIMIT 1 OFFSET :half",
+            "SELECT earlier.rescheduled_from_job FROM worker_jobs AS live "
+            "JOIN worker_jobs AS earlier ON earlier.id = live.rescheduled_from_job "
+            "WHERE live.cron_schedule IS NOT NULL AND live.finished IS NULL "
+            "ORDER BY live.id LIMIT 1 OFFSET :half",
             half=live_series // 2,
         )
-    week_ago = (datetime.now(UTC) - timedelta(days=7)).replace(minute=0, second=0, microsecond=0)
-    return Landmarks(rows, minutes, live_series, middle_id, user_id, lineage_job, week_ago)
+    return Landmarks(rows, minutes, live_series, middle_id, user_id, lineage_job, datetime.now(UTC))
 
 
 # --- the pages --------------------------------------------------------------------------
@@ -493,8 +513,15 @@ def pages(marks: Landmarks) -> list[Page]:
     def jobs(label: str, **query: object) -> Page:
         return Page(label, f"/jobs?{urlencode(query)}" if query else "/jobs", 'id="count"')
 
-    since = marks.week_ago
-    moment = "%Y-%m-%dT%H:%M:%S"  # the form's datetime-local, read in the console's zone (UTC)
+    def finished(label: str, since: datetime, length: timedelta) -> Page:
+        moment = "%Y-%m-%dT%H:%M:%S"  # the form's datetime-local, read in the console's zone
+        return jobs(label, field="finished", since=since.strftime(moment),
+                    until=(since + length).strftime(moment))  # fmt: skip
+
+    hour = (marks.now - timedelta(days=7)).replace(minute=0, second=0, microsecond=0)
+    # A day a month back: many matches (the planner expects the newest ids to hold
+    # 50 soon), all of them far down the ids.
+    day = (marks.now - timedelta(days=29)).replace(hour=0, minute=0, second=0, microsecond=0)
     return [
         Page("overview", "/", 'id="types"'),
         jobs("jobs, newest first"),
@@ -504,12 +531,8 @@ def pages(marks: Landmarks) -> list[Page]:
         jobs("pending jobs", state="pending"),
         jobs("failed jobs", state="failed"),
         jobs("data contains a rare plan", data=json.dumps({"plan": RARE_PLAN})),
-        jobs(
-            "finished in one hour a week ago",
-            field="finished",
-            since=since.strftime(moment),
-            until=(since + timedelta(hours=1)).strftime(moment),
-        ),
+        finished("finished in one hour a week ago", hour, timedelta(hours=1)),
+        finished("finished in one day a month ago", day, timedelta(days=1)),
         jobs("jobs, a page from the middle", before=marks.middle_id),
         Page("a cron job and its lineage", f"/jobs/{marks.lineage_job}", 'id="lineage"'),
         Page("cron series", "/cron", "data-type="),
@@ -644,8 +667,6 @@ def format_table(timings: Timings) -> str:
 
 def _shown(path: str) -> str:
     """The path as a person reads it (its query decoded)."""
-    from urllib.parse import unquote_plus
-
     return unquote_plus(path)
 
 
@@ -687,37 +708,79 @@ def describe_rows(shape: Shape, marks: Landmarks) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = " ".join(["python -m bench.console", *(sys.argv[1:] if argv is None else argv)])
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    log_dir = Path(tempfile.mkdtemp(prefix="worker_bridge_bench_console_"))
+@dataclass
+class Run:
+    """What one run set up, to clean it up whatever happens, and what it measured."""
+
+    args: argparse.Namespace
+    log_dir: Path
     redis_db: BenchRedis | None = None
     db: BenchDatabase | None = None
     processes: Processes | None = None
     timings: Timings | None = None
-    header: list[str] = []
+    #: The machine and the rows, printed above the table.
+    header: list[str] = field(default_factory=list)
+    #: Seconds spent creating and loading the database, and starting the console and timing.
+    loaded: float = 0.0
+    timed: float = 0.0
+
+    def measure(self) -> None:
+        started = time.monotonic()
+        args = self.args
+        self.redis_db = BenchRedis(args.redis_db)
+        self.db = BenchDatabase()
+        say(f"database {self.db.name}, Redis database {args.redis_db}, logs in {self.log_dir}")
+        self.header.append(describe_machine(self.db.engine, self.redis_db.info("redis_version")))
+        say(f"loading {args.rows:,} rows")
+        load(self.db, args.shape)
+        marks = landmarks(self.db.engine)
+        self.loaded = time.monotonic() - started
+        say(f"loaded in {self.loaded:.0f} s")
+        self.header.append(describe_rows(args.shape, marks))
+        self.processes = Processes(process_env(self.db.url, self.redis_db.url), self.log_dir)
+        port = start_console(self.processes)
+        chosen = pages(marks)
+        say(f"console on port {port}: {len(chosen)} pages, {args.repeat} rounds")
+        self.timings = time_pages(port, chosen, args.repeat)
+        self.timed = time.monotonic() - started - self.loaded
+
+    def clean_up(self) -> int:
+        """Stop the console, drop the database, release the Redis database; how many failed.
+
+        One clean-up failing does not skip the others.
+        """
+        cleanups: list[tuple[str, Callable[[], None]]] = []
+        if self.processes is not None:
+            cleanups.append(("stopping the console", self.processes.stop_all))
+        db = self.db
+        if db is not None:
+            cleanups.append(("dropping the database", lambda: db.drop(keep=self.args.keep_db)))
+        if self.redis_db is not None:
+            cleanups.append(
+                (f"releasing Redis database {self.args.redis_db}", self.redis_db.release)
+            )
+        failed = 0
+        for what, cleanup in cleanups:
+            try:
+                cleanup()
+            except Exception as exc:
+                failed += 1
+                say(f"clean-up failed, {what}: {exc}")
+        if db is not None and self.args.keep_db:
+            say(f"kept database {db.name}")
+        return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = " ".join(["python -m bench.console", *(sys.argv[1:] if argv is None else argv)])
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    run = Run(args, Path(tempfile.mkdtemp(prefix="worker_bridge_bench_console_")))
     errors = 0
     interrupted = False
     started = time.monotonic()
-    loaded = timed = 0.0
     try:
-        redis_db = BenchRedis(args.redis_db)
-        db = BenchDatabase()
-        say(f"database {db.name}, Redis database {args.redis_db}, logs in {log_dir}")
-        header.append(describe_machine(db.engine, redis_db.info("redis_version")))
-        say(f"loading {args.rows:,} rows")
-        load(db, args.shape)
-        marks = landmarks(db.engine)
-        loaded = time.monotonic() - started
-        say(f"loaded in {loaded:.0f} s")
-        header.append(describe_rows(args.shape, marks))
-        processes = Processes(process_env(db.url, redis_db.url), log_dir)
-        port = start_console(processes)
-        chosen = pages(marks)
-        say(f"console on port {port}: {len(chosen)} pages, {args.repeat} rounds")
-        timings = time_pages(port, chosen, args.repeat)
-        timed = time.monotonic() - started - loaded
+        run.measure()
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
         say("interrupted: stopping the console and cleaning up")
@@ -728,34 +791,21 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
         errors += 1
     finally:
-        # The console, the database and the Redis database, whatever happened; one
-        # clean-up failing does not skip the others.
-        cleanups: list[tuple[str, Callable[[], None]]] = []
-        if processes is not None:
-            cleanups.append(("stopping the console", processes.stop_all))
-        if db is not None:
-            cleanups.append(("dropping the database", lambda: db.drop(keep=args.keep_db)))
-        if redis_db is not None:
-            cleanups.append((f"releasing Redis database {args.redis_db}", redis_db.release))
-        for what, cleanup in cleanups:
-            try:
-                cleanup()
-            except Exception as exc:
-                errors += 1
-                say(f"clean-up failed, {what}: {exc}")
-        if db is not None and args.keep_db:
-            say(f"kept database {db.name}")
+        errors += run.clean_up()
         if errors or interrupted:
-            say(f"console log kept in {log_dir}")
+            say(f"console log kept in {run.log_dir}")
         else:
-            shutil.rmtree(log_dir, ignore_errors=True)
-    if header:
-        print("\n".join(header))
-        print(f"run:      {command} (rows={args.rows:,}, repeat={args.repeat}; load {loaded:.0f} s, "
-              f"timing {timed:.0f} s, took {time.monotonic() - started:.0f} s)")
+            shutil.rmtree(run.log_dir, ignore_errors=True)
+    if run.header:
+        print("\n".join(run.header))
+        took = time.monotonic() - started
+        print(
+            f"run:      {command} (rows={args.rows:,}, repeat={args.repeat}; load "
+            f"{run.loaded:.0f} s, timing {run.timed:.0f} s, took {took:.0f} s)"
+        )
         print()
-    if timings is not None:
-        print(format_table(timings))
+    if run.timings is not None:
+        print(format_table(run.timings))
     if interrupted:
         return 130
     return 1 if errors else 0

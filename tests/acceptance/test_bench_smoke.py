@@ -134,3 +134,47 @@ def test_quick_benchmark_prints_every_measurement() -> None:
     assert row("3d ")[5] == ">= 3.00" and row("3d ")[6] in ("met", "NOT met"), output
     assert row("9 flat")[5] == "<= 15" and row("9 flat")[6] in ("met", "NOT met"), output
     assert "machine:" in output and "PostgreSQL" in output and "Redis" in output, output
+
+
+#: A line of the console benchmark's Markdown table: page, path, median, p95, min, max, met.
+CONSOLE_CELLS = 7
+MILLISECONDS = re.compile(r"^[\d,]+\.\d$")
+
+
+def test_console_benchmark_prints_a_line_per_page() -> None:
+    from datetime import UTC, datetime
+
+    from bench.console import Landmarks, pages
+
+    env = {
+        **os.environ,
+        "WORKER_BRIDGE_BENCH_REDIS_URL": f"redis://{REDIS_HOST}:6379",
+    }
+    admin_url = os.environ.get("WORKER_BRIDGE_TEST_ADMIN_URL")
+    if admin_url:
+        env["WORKER_BRIDGE_BENCH_ADMIN_URL"] = admin_url
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.console", "--rows", "20000", "--repeat", "2",
+         "--redis-db", str(_free_redis_db())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = completed.stdout
+    assert completed.returncode == 0, f"{output}\n{completed.stderr[-8000:]}"
+    assert "PostgreSQL" in output and "20,000 in worker_jobs" in output, output
+
+    table = [line for line in output.splitlines() if line.startswith("|")]
+    header, rule, *lines = table
+    assert "median ms" in header and set(rule) <= set("|-: "), output
+    expected = pages(Landmarks(0, 0, 0, 1, 1, 1, datetime.now(UTC)))
+    assert len(lines) == len(expected), output
+    for line, page in zip(lines, expected, strict=True):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert len(cells) == CONSOLE_CELLS and cells[0] == page.label, line
+        for value in cells[2:6]:
+            assert MILLISECONDS.match(value), f"no number in {line!r}\n{output}"
+        assert cells[6] in ("yes", "**NO**"), line
