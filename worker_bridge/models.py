@@ -121,8 +121,8 @@ class WorkerJob(Base):
         Index("ix_worker_jobs_failed_finished", "finished", **_partial("success = false")),
         Index("ix_worker_jobs_type_id", "type", "id"),
         Index("ix_worker_jobs_user_id_id", "user_id", "id"),
-        Index("ix_worker_jobs_finished", "finished"),
-        Index("ix_worker_jobs_due", "due"),
+        Index("ix_worker_jobs_finished_id", "finished", "id"),
+        Index("ix_worker_jobs_due_id", "due", "id"),
         Index(
             "ix_worker_jobs_live_cron",
             "type",

@@ -371,3 +371,19 @@ def test_a_job_links_to_its_task_in_flower_when_flower_is_configured(
     )
     assert 'href="https://flower.internal/task/abc-123"' in secret.text
     assert "s3cret" not in secret.text
+
+
+def test_a_time_range_pages_on_by_that_time(bridge: BridgeApp, job_factory: JobFactory) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = [
+        job_factory(user_id=n, started=now, finished=now - timedelta(seconds=n), success=True)
+        for n in range(PAGE_SIZE + 5)
+    ]
+    http = client(bridge)
+    window = {"field": "finished", "since": (now - timedelta(hours=1)).isoformat()}
+    first = http.get("/jobs", params=window).text
+    assert listed_ids(first) == [row.id for row in rows[:PAGE_SIZE]]  # latest finish first
+    older = re.search(r'id="older" href="([^"]+)"', first)
+    assert older is not None and "before_at=" in older.group(1)
+    second = http.get(html.unescape(older.group(1))).text
+    assert listed_ids(second) == [row.id for row in rows[PAGE_SIZE:]]

@@ -131,8 +131,8 @@ def test_0002_builds_the_console_indexes_on_a_table_with_rows(empty_database: st
         upgrade_database(engine)
         indexes = {index["name"] for index in inspect(engine).get_indexes("worker_jobs")}
         assert {
-            "ix_worker_jobs_type_id", "ix_worker_jobs_user_id_id", "ix_worker_jobs_finished",
-            "ix_worker_jobs_due", "ix_worker_jobs_live_cron", "ix_worker_jobs_data",
+            "ix_worker_jobs_type_id", "ix_worker_jobs_user_id_id", "ix_worker_jobs_finished_id",
+            "ix_worker_jobs_due_id", "ix_worker_jobs_live_cron", "ix_worker_jobs_data",
         } <= indexes  # fmt: skip
         with engine.connect() as connection:
             valid = connection.execute(
@@ -149,11 +149,11 @@ def test_0002_builds_the_console_indexes_on_a_table_with_rows(empty_database: st
         }
         # What an interrupted CONCURRENTLY build leaves: the index there, INVALID.
         with engine.begin() as connection:
-            connection.execute(text("CREATE INDEX ix_worker_jobs_due ON worker_jobs (due)"))
+            connection.execute(text("CREATE INDEX ix_worker_jobs_due_id ON worker_jobs (due, id)"))
             connection.execute(
                 text(
                     "UPDATE pg_index SET indisvalid = false "
-                    "WHERE indexrelid = 'ix_worker_jobs_due'::regclass"
+                    "WHERE indexrelid = 'ix_worker_jobs_due_id'::regclass"
                 )
             )
         upgrade_database(engine)
@@ -161,7 +161,7 @@ def test_0002_builds_the_console_indexes_on_a_table_with_rows(empty_database: st
             assert (
                 connection.execute(
                     text(
-                        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_worker_jobs_due'::regclass"
+                        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_worker_jobs_due_id'::regclass"
                     )
                 ).scalar()
                 is True

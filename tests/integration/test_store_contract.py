@@ -1758,3 +1758,27 @@ def test_run_again_and_bulk_cancel_through_control(contract_bridge: BridgeApp) -
     done = control.cancel_jobs(JobFilter(user_id=1), bridge=contract_bridge)
     assert (done.cancelled, done.stopped) == (1, 0)
     assert {row.id: row for row in _rows(contract_bridge)}[new.id].state is JobState.CANCELLED
+
+
+def test_a_time_range_lists_by_that_time_and_pages_on_it(contract_bridge: BridgeApp) -> None:
+    from worker_bridge.store.reports import JobFilter
+
+    # Ids against time: the newest id is due earliest, and two rows share a due time.
+    dues = [NOW - timedelta(minutes=m) for m in (1, 5, 5, 9, 30)]
+    rows = [_put(contract_bridge, user_id=n, due=due) for n, due in enumerate(reversed(dues))]
+    by_time = sorted(rows, key=lambda row: (row.due, row.id), reverse=True)
+    where = JobFilter(since=NOW - timedelta(minutes=20), until=NOW)
+    store = contract_bridge.store
+    pages: list[list[int]] = []
+    with contract_bridge.engine.connect() as connection:
+        before: tuple[datetime, int] | None = None
+        while True:
+            page = store.list_jobs(
+                connection, where, limit=2,
+                before_id=before[1] if before else None, before_at=before[0] if before else None,
+            )  # fmt: skip
+            if not page:
+                break
+            pages.append([row.id for row in page])
+            before = (page[-1].due, page[-1].id)
+    assert pages == [[by_time[0].id, by_time[1].id], [by_time[2].id, by_time[3].id]]

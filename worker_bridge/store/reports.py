@@ -173,23 +173,37 @@ def list_jobs(
     status: JobState | None = None,
     limit: int = 50,
     before_id: int | None = None,
+    before_at: datetime | None = None,
     task_id: str | None = None,
 ) -> list[JobSummary]:
-    """Up to ``limit`` rows matching ``where`` (or the filters given), newest (highest id) first.
+    """Up to ``limit`` rows matching ``where`` (or the filters given), newest first.
 
-    ``before_id`` pages on: only rows with a smaller id (keyset pagination, as
-    fast on the millionth row as on the first).
+    Newest means the highest id; with a time range, the latest in the range's
+    column, then the highest id. ``before_id`` pages on (with ``before_at``,
+    the previous page's last time, under a time range): keyset pagination,
+    as fast on the millionth row as on the first. Under a time range the order
+    follows the range's index, so that a window far back in the table costs
+    what a recent one does (ordered by id, the database would walk the ids
+    down from the newest to reach it).
     """
     if where is None:
         where = JobFilter(job_type=job_type, user_id=user_id, status=status, task_id=task_id)
-    query = (
-        select(*_summary_columns())
-        .where(where.where(connection.dialect.name))
-        .order_by(jobs_table.c.id.desc())
-        .limit(limit)
-    )
-    if before_id is not None:
-        query = query.where(jobs_table.c.id < before_id)
+    c = jobs_table.c
+    query = select(*_summary_columns()).where(where.where(connection.dialect.name)).limit(limit)
+    if where.since is None and where.until is None:
+        query = query.order_by(c.id.desc())
+        if before_id is not None:
+            query = query.where(c.id < before_id)
+    else:
+        column = c[where.time_field]
+        query = query.order_by(column.desc(), c.id.desc())
+        if before_id is not None and before_at is not None:
+            # The plain bound lets the index start there; the pair breaks ties.
+            query = query.where(
+                (column <= before_at) & (tuple_(column, c.id) < tuple_(before_at, before_id))
+            )
+        elif before_id is not None:
+            query = query.where(c.id < before_id)
     return [_summary(row) for row in connection.execute(query)]
 
 

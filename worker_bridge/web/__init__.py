@@ -47,7 +47,7 @@ from worker_bridge.bridge import BridgeApp, get_bridge
 from worker_bridge.db import safe_url
 from worker_bridge.errors import ConfigurationError, JobNotFoundError, JobStateError
 from worker_bridge.job import JobState
-from worker_bridge.store.reports import TIME_FIELDS, JobFilter
+from worker_bridge.store.reports import TIME_FIELDS, JobFilter, JobSummary
 from worker_bridge.web import chart, series
 from worker_bridge.web.explain import timeline, why_not_run
 
@@ -60,7 +60,7 @@ SERIES_HISTORY = 5
 CSRF_COOKIE = "worker_bridge_csrf"
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 #: Query parameters that are not part of a filter.
-_NOT_FILTERS = ("before", "id", "message", "csrf", "up_to")
+_NOT_FILTERS = ("before", "before_at", "id", "message", "csrf", "up_to")
 
 
 def _in_zone(moment: datetime | None, zone: str) -> str:
@@ -192,17 +192,22 @@ class Console:
                     return RedirectResponse(target, status_code=303)
                 try:
                     rows = app.store.list_jobs(
-                        connection, where, limit=PAGE_SIZE, before_id=extra["before"]
-                    )
+                        connection, where, limit=PAGE_SIZE, before_id=extra["before"],
+                        before_at=_moment(query, "before_at", self.zone, problems),
+                    )  # fmt: skip
                     count = app.store.count_jobs(connection, where, cap=COUNT_CAP)
                 except ConfigurationError as exc:
                     problems.append(str(exc))
                 else:
                     estimate = app.store.estimate_rows(connection) if where.is_empty else None
-                    more = {k: v for k, v in query.items() if k not in ("before", "message") and v}
+                    more = {
+                        k: v
+                        for k, v in query.items()
+                        if k not in ("before", "before_at", "message") and v
+                    }
                     context.update(
                         rows=rows, count=count, estimate=estimate, filtered=not where.is_empty,
-                        older={**more, "before": str(rows[-1].id)}
+                        older={**more, **_page_after(rows[-1], where)}
                         if len(rows) == PAGE_SIZE else None,
                     )  # fmt: skip
         return self.render(request, "jobs.html", problems=problems, **context)
@@ -381,6 +386,16 @@ class Console:
         return self.render(
             request, "bulk_cancel.html", problems=problems, count=None, up_to=None, fields=fields
         )
+
+
+def _page_after(last: JobSummary, where: JobFilter) -> dict[str, str]:
+    """The query parameters of the page after the one that ends with ``last``."""
+    page = {"before": str(last.id)}
+    if where.since is not None or where.until is not None:
+        moment = getattr(last, where.time_field)
+        if moment is not None:
+            page["before_at"] = moment.isoformat()
+    return page
 
 
 def _without_credentials(url: str | None) -> str | None:

@@ -30,9 +30,10 @@ def _indexes(postgresql: bool) -> list[tuple[str, list[str], dict[str, Any]]]:
         # serves both at once, as fast on the millionth row as on the first.
         ("ix_worker_jobs_type_id", ["type", "id"], {}),
         ("ix_worker_jobs_user_id_id", ["user_id", "id"], {}),
-        # Time ranges over due and finished; the chart of the last hour reads finished.
-        ("ix_worker_jobs_finished", ["finished"], {}),
-        ("ix_worker_jobs_due", ["due"], {}),
+        # Time ranges over due and finished, listed by that time then id (keyset
+        # pages on both); the chart of the last hour reads finished.
+        ("ix_worker_jobs_finished_id", ["finished", "id"], {}),
+        ("ix_worker_jobs_due_id", ["due", "id"], {}),
         # The cron series: the live row of each (type, user, schedule), a small set.
         (
             "ix_worker_jobs_live_cron",
@@ -99,8 +100,8 @@ def downgrade() -> None:
         op.drop_index("ix_worker_jobs_data", table_name="worker_jobs")
     for name in (
         "ix_worker_jobs_live_cron",
-        "ix_worker_jobs_due",
-        "ix_worker_jobs_finished",
+        "ix_worker_jobs_due_id",
+        "ix_worker_jobs_finished_id",
         "ix_worker_jobs_user_id_id",
         "ix_worker_jobs_type_id",
     ):
