@@ -37,7 +37,11 @@ def queued_messages(celery: Celery, names: set[str]) -> int | None:
     """Messages waiting in the queues ``names``, or None if the broker cannot say."""
     try:
         with celery.connection_for_read() as connection:
-            connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
+            # One quick retry, bounded: a page or a dispatcher pass must not
+            # hang on a broker that is down (kombu's default is to retry forever).
+            connection.ensure_connection(
+                max_retries=1, interval_start=0.1, interval_step=0.1, timeout=CONNECT_TIMEOUT
+            )
             channel = connection.default_channel
             total = 0
             for name in sorted(names):

@@ -74,6 +74,11 @@ def _partial(where: str) -> dict[str, Any]:
     return {"postgresql_where": text(where), "sqlite_where": text(where)}
 
 
+#: A timestamp as the console's indexes key it: the same instant, through an
+#: immutable expression that only the console's queries spell out.
+_UTC = "(timezone('UTC', timezone('UTC', {})))"
+
+
 class Base(DeclarativeBase):
     """Declarative base of worker_bridge's tables."""
 
@@ -119,10 +124,19 @@ class WorkerJob(Base):
         ),
         Index("ix_worker_jobs_remove_at", "remove_at", **_partial("remove_at IS NOT NULL")),
         Index("ix_worker_jobs_failed_finished", "finished", **_partial("success = false")),
-        Index("ix_worker_jobs_type_id", "type", "id"),
-        Index("ix_worker_jobs_user_id_id", "user_id", "id"),
-        Index("ix_worker_jobs_finished_id", "finished", "id"),
-        Index("ix_worker_jobs_due_id", "due", "id"),
+        # The console's lists: keyed on expressions only its queries use
+        # (console_key), so that no plan of the scheduling, dispatching or
+        # recovery statements can ever pick them (migration 0002 says why).
+        Index("ix_worker_jobs_type_id", text('(type COLLATE "C")'), "id").ddl_if(
+            dialect="postgresql"
+        ),
+        Index("ix_worker_jobs_user_id_id", text("(CAST(user_id AS BIGINT))"), "id").ddl_if(
+            dialect="postgresql"
+        ),
+        Index("ix_worker_jobs_finished_id", text(_UTC.format("finished")), "id").ddl_if(
+            dialect="postgresql"
+        ),
+        Index("ix_worker_jobs_due_id", text(_UTC.format("due")), "id").ddl_if(dialect="postgresql"),
         Index(
             "ix_worker_jobs_live_cron",
             "type",
@@ -320,6 +334,53 @@ def _minute_default(element: _Minute, compiler: Any, **kw: Any) -> str:
     return f"strftime('%Y-%m-%d %H:%M:00.000000', {compiler.process(element.clauses, **kw)})"
 
 
+class _ConsoleKey(FunctionElement[Any]):
+    """SQL for :func:`console_key`."""
+
+    inherit_cache = True
+    name = "console_key"
+
+
+@compiles(_ConsoleKey, "postgresql")
+def _console_key_pg(element: _ConsoleKey, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    sql = compiler.process(column, **kw)
+    if column.name == "type":
+        return f'({sql} COLLATE "C")'
+    if column.name == "user_id":
+        return f"(CAST({sql} AS BIGINT))"
+    return _UTC.format(sql)
+
+
+@compiles(_ConsoleKey)
+def _console_key_default(element: _ConsoleKey, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    return str(compiler.process(column, **kw))
+
+
+#: The columns :func:`console_key` keys.
+CONSOLE_KEYS = ("type", "user_id", "due", "finished")
+
+
+def console_key(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``column`` (type, user_id, due or finished) as the console's indexes key it.
+
+    On PostgreSQL an expression equal in value to the column (``type COLLATE
+    "C"``, ``CAST(user_id AS BIGINT)``, the instant through UTC and back),
+    which the console's filters spell out and nothing else does: the console's
+    indexes serve the console alone, and never enter the plans of the
+    statements on the hot path (a plain ``(due, id)`` index, for one, could be
+    picked by the dispatcher's claim on a table without statistics and scan
+    every finished row). Elsewhere, the column itself.
+    """
+    name = getattr(column, "name", None)
+    if name not in CONSOLE_KEYS:
+        raise ValueError(f"console_key keys one of {CONSOLE_KEYS}, not {name!r}")
+    key = _ConsoleKey(column)
+    key.type = column.type
+    return key
+
+
 def minute_of(column: ColumnElement[datetime]) -> ColumnElement[datetime]:
     """The minute ``column`` falls in, as SQL (grouping finished rows for the chart)."""
     return _Minute(column)
@@ -359,6 +420,7 @@ __all__ = [
     "UTCDateTime",
     "WorkerJob",
     "WorkerJobMinute",
+    "console_key",
     "minute_of",
     "seconds_between",
     "state_condition",

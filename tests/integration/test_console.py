@@ -387,3 +387,15 @@ def test_a_time_range_pages_on_by_that_time(bridge: BridgeApp, job_factory: JobF
     assert older is not None and "before_at=" in older.group(1)
     second = http.get(html.unescape(older.group(1))).text
     assert listed_ids(second) == [row.id for row in rows[PAGE_SIZE:]]
+
+
+def test_a_broker_that_is_down_is_unknown_not_a_hang() -> None:
+    import time
+
+    from celery import Celery
+
+    from worker_bridge.broker import CONNECT_TIMEOUT, queued_messages
+
+    started = time.monotonic()
+    assert queued_messages(Celery(broker="redis://127.0.0.1:1/0"), {"celery"}) is None
+    assert time.monotonic() - started < 2 * CONNECT_TIMEOUT + 2

@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from worker_bridge.job import JobState
 from worker_bridge.models import (
     WorkerJobMinute,
+    console_key,
     minute_of,
     seconds_between,
     state_condition,
@@ -96,7 +97,7 @@ def finished_by_minute(
             func.coalesce(func.sum(case((_ran(), _lag()))), 0.0),
             func.coalesce(func.max(case((_ran(), _lag()))), 0.0),
         )
-        .where((t.finished >= since) & (t.finished < until))
+        .where((console_key(t.finished) >= since) & (console_key(t.finished) < until))
         .group_by(minute, t.type)
     )
     m = minutes_table.c

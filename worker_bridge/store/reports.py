@@ -30,7 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from worker_bridge.errors import ConfigurationError
 from worker_bridge.job import Job, JobState
-from worker_bridge.models import state_condition, state_expression
+from worker_bridge.models import console_key, state_condition, state_expression
 from worker_bridge.store.schema import jobs_table
 
 #: How many rows :func:`job_lineage` follows each way by default.
@@ -142,9 +142,9 @@ class JobFilter:
         c = jobs_table.c
         conditions: list[ColumnElement[bool]] = []
         if self.job_type is not None:
-            conditions.append(c.type == self.job_type)
+            conditions.append(console_key(c.type) == self.job_type)
         if self.user_id is not None:
-            conditions.append(c.user_id == self.user_id)
+            conditions.append(console_key(c.user_id) == self.user_id)
         if self.status is not None:
             conditions.append(state_condition(self.status))
         if self.task_id is not None:
@@ -156,7 +156,7 @@ class JobFilter:
                 )
             # type_coerce: JSONB's operators in Python, no cast in SQL (the GIN index applies).
             conditions.append(type_coerce(c.data, JSONB).contains(self.data))
-        column = c[self.time_field]
+        column = console_key(c[self.time_field])
         if self.since is not None:
             conditions.append(column >= self.since)
         if self.until is not None:
@@ -195,7 +195,7 @@ def list_jobs(
         if before_id is not None:
             query = query.where(c.id < before_id)
     else:
-        column = c[where.time_field]
+        column = console_key(c[where.time_field])
         query = query.order_by(column.desc(), c.id.desc())
         if before_id is not None and before_at is not None:
             # The plain bound lets the index start there; the pair breaks ties.

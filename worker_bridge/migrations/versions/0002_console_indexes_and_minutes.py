@@ -24,34 +24,40 @@ def _partial(where: str) -> dict[str, Any]:
     return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
 
 
-def _indexes(postgresql: bool) -> list[tuple[str, list[str], dict[str, Any]]]:
-    indexes: list[tuple[str, list[str], dict[str, Any]]] = [
-        # The job list filters by type or user and pages newest first: (column, id)
-        # serves both at once, as fast on the millionth row as on the first.
-        ("ix_worker_jobs_type_id", ["type", "id"], {}),
-        ("ix_worker_jobs_user_id_id", ["user_id", "id"], {}),
-        # Time ranges over due and finished, listed by that time then id (keyset
-        # pages on both); the chart of the last hour reads finished.
-        ("ix_worker_jobs_finished_id", ["finished", "id"], {}),
-        ("ix_worker_jobs_due_id", ["due", "id"], {}),
-        # The cron series: the live row of each (type, user, schedule), a small set.
+#: The instant through UTC and back: the same value, through an immutable
+#: expression that only the console's queries spell out.
+_UTC = "(timezone('UTC', timezone('UTC', {})))"
+
+
+def _indexes() -> list[tuple[str, list[Any], dict[str, Any]]]:
+    # The job list filters by type, by user, or by a time range, and pages
+    # newest first: (key, id) serves both at once, as fast on the millionth row
+    # as on the first. The keys are expressions equal in value to their
+    # columns, which the console's queries spell out and nothing else does
+    # (worker_bridge.models.console_key): a plain (type, id) or (due, id) index
+    # can be picked by the hot path's statements when the table has no
+    # statistics (new, truncated, restored), and then the supersede lookup
+    # reads every row of a type, or the dispatcher's claim every finished row.
+    return [
+        ("ix_worker_jobs_type_id", [sa.text('(type COLLATE "C")'), "id"], {}),
+        ("ix_worker_jobs_user_id_id", [sa.text("(CAST(user_id AS BIGINT))"), "id"], {}),
+        ("ix_worker_jobs_finished_id", [sa.text(_UTC.format("finished")), "id"], {}),
+        ("ix_worker_jobs_due_id", [sa.text(_UTC.format("due")), "id"], {}),
+        # The cron series: the live row of each (type, user, schedule), a small
+        # set; no hot-path statement implies its predicate.
         (
             "ix_worker_jobs_live_cron",
             ["type", "user_id", "id"],
             _partial("cron_schedule IS NOT NULL AND finished IS NULL"),
         ),
-    ]
-    if postgresql:
         # JSON containment (data @> '{...}'); jsonb_path_ops is the smaller GIN
         # opclass and serves @> alone, which is all the console asks.
-        indexes.append(
-            (
-                "ix_worker_jobs_data",
-                ["data"],
-                {"postgresql_using": "gin", "postgresql_ops": {"data": "jsonb_path_ops"}},
-            )
-        )
-    return indexes
+        (
+            "ix_worker_jobs_data",
+            ["data"],
+            {"postgresql_using": "gin", "postgresql_ops": {"data": "jsonb_path_ops"}},
+        ),
+    ]
 
 
 def upgrade() -> None:
@@ -60,7 +66,7 @@ def upgrade() -> None:
         # stop the application's writes. It cannot run in a transaction, and an
         # interrupted run leaves some built: IF NOT EXISTS lets the next one go on.
         with op.get_context().autocommit_block():
-            indexes = _indexes(postgresql=True)
+            indexes = _indexes()
             # An interrupted CONCURRENTLY build leaves its index INVALID (kept up
             # to date but never used): drop it so that it is built again.
             invalid = op.get_bind().execute(
@@ -79,8 +85,13 @@ def upgrade() -> None:
                     if_not_exists=True, **options,
                 )  # fmt: skip
     else:
-        for name, columns, options in _indexes(postgresql=False):
-            op.create_index(name, "worker_jobs", columns, **options)
+        # SQLite (a single machine's small tables): the cron series' index alone.
+        op.create_index(
+            "ix_worker_jobs_live_cron",
+            "worker_jobs",
+            ["type", "user_id", "id"],
+            **_partial("cron_schedule IS NOT NULL AND finished IS NULL"),
+        )
     op.create_table(
         "worker_job_minutes",
         sa.Column("minute", _ts, primary_key=True),
@@ -97,12 +108,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("worker_job_minutes")
     if op.get_bind().dialect.name == "postgresql":
-        op.drop_index("ix_worker_jobs_data", table_name="worker_jobs")
-    for name in (
-        "ix_worker_jobs_live_cron",
-        "ix_worker_jobs_due_id",
-        "ix_worker_jobs_finished_id",
-        "ix_worker_jobs_user_id_id",
-        "ix_worker_jobs_type_id",
-    ):
-        op.drop_index(name, table_name="worker_jobs")
+        for name, _columns, _options in _indexes():
+            op.drop_index(name, table_name="worker_jobs")
+    else:
+        op.drop_index("ix_worker_jobs_live_cron", table_name="worker_jobs")
