@@ -124,19 +124,22 @@ class WorkerJob(Base):
         ),
         Index("ix_worker_jobs_remove_at", "remove_at", **_partial("remove_at IS NOT NULL")),
         Index("ix_worker_jobs_failed_finished", "finished", **_partial("success = false")),
-        # The console's lists: keyed on expressions only its queries use
-        # (console_key), so that no plan of the scheduling, dispatching or
-        # recovery statements can ever pick them (migration 0002 says why).
-        Index("ix_worker_jobs_type_id", text('(type COLLATE "C")'), "id").ddl_if(
-            dialect="postgresql"
+        # The console's lists of finished rows: keyed on expressions only its
+        # queries use (console_key), so that no plan of the scheduling,
+        # dispatching or recovery statements can ever pick them (migration
+        # 0002 says why), and partial, so that a live row's changes never
+        # write into them.
+        *(
+            Index(name, text(key), "id", postgresql_where=text("finished IS NOT NULL")).ddl_if(
+                dialect="postgresql"
+            )
+            for name, key in (
+                ("ix_worker_jobs_type_id", '(type COLLATE "C")'),
+                ("ix_worker_jobs_user_id_id", "(CAST(user_id AS BIGINT))"),
+                ("ix_worker_jobs_finished_id", _UTC.format("finished")),
+                ("ix_worker_jobs_due_id", _UTC.format("due")),
+            )
         ),
-        Index("ix_worker_jobs_user_id_id", text("(CAST(user_id AS BIGINT))"), "id").ddl_if(
-            dialect="postgresql"
-        ),
-        Index("ix_worker_jobs_finished_id", text(_UTC.format("finished")), "id").ddl_if(
-            dialect="postgresql"
-        ),
-        Index("ix_worker_jobs_due_id", text(_UTC.format("due")), "id").ddl_if(dialect="postgresql"),
         Index(
             "ix_worker_jobs_live_cron",
             "type",
@@ -149,6 +152,7 @@ class WorkerJob(Base):
             "data",
             postgresql_using="gin",
             postgresql_ops={"data": "jsonb_path_ops"},
+            postgresql_where=text("finished IS NOT NULL"),
         ).ddl_if(dialect="postgresql"),
         CheckConstraint(
             "auto_reschedule_on_failure_delay >= 0", name="ck_worker_jobs_retry_delay_not_negative"

@@ -23,6 +23,7 @@ from sqlalchemy import event, text
 
 from worker_bridge import WorkerJobConfig, schedule_job, schedule_jobs
 from worker_bridge.bridge import BridgeApp
+from worker_bridge.job import JobState
 from worker_bridge.outcome import decide_outcome
 from worker_bridge.settings import Settings
 from worker_bridge.store.reports import JobFilter
@@ -126,6 +127,13 @@ def test_the_console_queries_do_use_them(explained: tuple[BridgeApp, list[str]])
     )
     schedule_jobs([WorkerJobConfig(type="other", user_id=n) for n in range(3)], bridge=bridge)
     with bridge.engine.begin() as connection:
+        # The console's indexes hold finished rows: finish most of them.
+        connection.execute(
+            text(
+                "UPDATE worker_jobs SET started = now(), finished = now(), success = true "
+                "WHERE id % 10 <> 0"
+            )
+        )
         connection.execute(text("ANALYZE worker_jobs"))
     now = datetime.now(UTC)
     with bridge.engine.connect() as connection:
@@ -134,6 +142,7 @@ def test_the_console_queries_do_use_them(explained: tuple[BridgeApp, list[str]])
         connection.execute(text("SET plan_cache_mode = force_custom_plan"))
         connection.execute(text("SET enable_seqscan = off"))
         store.list_jobs(connection, JobFilter(job_type="other"))
+        store.list_jobs(connection, JobFilter(job_type="echo", status=JobState.SUCCEEDED))
         store.list_jobs(connection, JobFilter(user_id=3))
         store.list_jobs(connection, JobFilter(data={"n": 3}))
         store.list_jobs(connection, JobFilter(since=now - timedelta(hours=1)))

@@ -97,7 +97,11 @@ def finished_by_minute(
             func.coalesce(func.sum(case((_ran(), _lag()))), 0.0),
             func.coalesce(func.max(case((_ran(), _lag()))), 0.0),
         )
-        .where((console_key(t.finished) >= since) & (console_key(t.finished) < until))
+        .where(
+            t.finished.isnot(None)
+            & (console_key(t.finished) >= since)
+            & (console_key(t.finished) < until)
+        )
         .group_by(minute, t.type)
     )
     m = minutes_table.c

@@ -24,6 +24,7 @@ from sqlalchemy import (
     true,
     tuple_,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
@@ -137,14 +138,23 @@ class JobFilter:
         """Whether it selects every row."""
         return self == JobFilter(time_field=self.time_field)
 
-    def where(self, dialect: str) -> ColumnElement[bool]:
-        """The filter as a SQL condition for the ``dialect`` (``true()`` when empty)."""
+    def where(self, dialect: str, *, keyed: bool = True) -> ColumnElement[bool]:
+        """The filter as a SQL condition for the ``dialect`` (``true()`` when empty).
+
+        ``keyed``: on the console's keys (:func:`~worker_bridge.models.console_key`),
+        which its indexes of finished rows serve; else on the plain columns, which
+        the partial indexes of live rows serve.
+        """
         c = jobs_table.c
+
+        def key(column: ColumnElement[Any]) -> ColumnElement[Any]:
+            return console_key(column) if keyed else column
+
         conditions: list[ColumnElement[bool]] = []
         if self.job_type is not None:
-            conditions.append(console_key(c.type) == self.job_type)
+            conditions.append(key(c.type) == self.job_type)
         if self.user_id is not None:
-            conditions.append(console_key(c.user_id) == self.user_id)
+            conditions.append(key(c.user_id) == self.user_id)
         if self.status is not None:
             conditions.append(state_condition(self.status))
         if self.task_id is not None:
@@ -156,12 +166,33 @@ class JobFilter:
                 )
             # type_coerce: JSONB's operators in Python, no cast in SQL (the GIN index applies).
             conditions.append(type_coerce(c.data, JSONB).contains(self.data))
-        column = console_key(c[self.time_field])
+        column = key(c[self.time_field])
         if self.since is not None:
             conditions.append(column >= self.since)
         if self.until is not None:
             conditions.append(column < self.until)
         return and_(true(), *conditions)
+
+    @property
+    def has_range(self) -> bool:
+        """Whether a time range is given."""
+        return self.since is not None or self.until is not None
+
+    def parts(self) -> list[bool]:
+        """Which of the finished rows (True) and the live rows (False) can match.
+
+        The two are read apart: the console's indexes hold finished rows only
+        (a live row changes, and each change of an indexed row writes every
+        index again), and live rows have indexes of their own.
+        """
+        if self.status is not None:
+            return [self.status in _FINISHED]
+        if self.has_range and self.time_field == "finished":
+            return [True]
+        return [True, False]
+
+
+_FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 def list_jobs(
@@ -189,22 +220,42 @@ def list_jobs(
     if where is None:
         where = JobFilter(job_type=job_type, user_id=user_id, status=status, task_id=task_id)
     c = jobs_table.c
-    query = select(*_summary_columns()).where(where.where(connection.dialect.name)).limit(limit)
-    if where.since is None and where.until is None:
-        query = query.order_by(c.id.desc())
+    dialect = connection.dialect.name
+    if where.is_empty:
+        # Every row: the primary key alone, newest first.
+        query = select(*_summary_columns()).order_by(c.id.desc()).limit(limit)
         if before_id is not None:
             query = query.where(c.id < before_id)
-    else:
-        column = console_key(c[where.time_field])
-        query = query.order_by(column.desc(), c.id.desc())
-        if before_id is not None and before_at is not None:
+        return [_summary(row) for row in connection.execute(query)]
+    branches = []
+    for finished in where.parts():
+        column = (
+            (console_key(c[where.time_field]) if finished else c[where.time_field])
+            if where.has_range
+            else c.id
+        )
+        branch = (
+            select(*_summary_columns(), column.label("sort_key"))
+            .where(
+                where.where(dialect, keyed=finished)
+                & (c.finished.isnot(None) if finished else c.finished.is_(None))
+            )
+            .order_by(column.desc(), c.id.desc())
+            .limit(limit)
+        )
+        if before_id is not None and where.has_range and before_at is not None:
             # The plain bound lets the index start there; the pair breaks ties.
-            query = query.where(
+            branch = branch.where(
                 (column <= before_at) & (tuple_(column, c.id) < tuple_(before_at, before_id))
             )
         elif before_id is not None:
-            query = query.where(c.id < before_id)
-    return [_summary(row) for row in connection.execute(query)]
+            branch = branch.where(c.id < before_id)
+        branches.append(branch.subquery())
+    merged = union_all(*(select(branch) for branch in branches)).subquery()
+    rows = connection.execute(
+        select(merged).order_by(merged.c.sort_key.desc(), merged.c.id.desc()).limit(limit)
+    )
+    return [_summary(row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +274,14 @@ def count_jobs(
     Counting every match of a broad filter on millions of rows reads them all;
     a capped count stops at ``cap`` and says so.
     """
-    condition = where.where(connection.dialect.name)
-    if live:
-        condition = condition & jobs_table.c.finished.is_(None)
-    matching = select(jobs_table.c.id).where(condition).limit(cap + 1).subquery()
-    value = int(connection.execute(select(func.count()).select_from(matching)).scalar_one())
+    c = jobs_table.c
+    value = 0
+    for finished in [False] if live else where.parts():
+        condition = where.where(connection.dialect.name, keyed=finished) & (
+            c.finished.isnot(None) if finished else c.finished.is_(None)
+        )
+        matching = select(c.id).where(condition).limit(cap + 1).subquery()
+        value += int(connection.execute(select(func.count()).select_from(matching)).scalar_one())
     return Count(min(value, cap), exact=value <= cap)
 
 
@@ -238,7 +292,7 @@ def live_ids(
     until the transaction ends (bulk cancel); only ids up to ``up_to`` if given."""
     query = (
         select(jobs_table.c.id)
-        .where(where.where(connection.dialect.name) & jobs_table.c.finished.is_(None))
+        .where(where.where(connection.dialect.name, keyed=False) & jobs_table.c.finished.is_(None))
         .order_by(jobs_table.c.id)
         .limit(limit)
         .with_for_update()
