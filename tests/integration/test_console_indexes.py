@@ -149,3 +149,32 @@ def test_the_console_queries_do_use_them(explained: tuple[BridgeApp, list[str]])
         store.list_jobs(connection, JobFilter(time_field="finished", until=now))
         store.finished_by_minute(connection, since=now - timedelta(hours=1), until=now)
     assert used(plans) >= set(CONSOLE_INDEXES) - {"ix_worker_jobs_live_cron"}
+
+
+def test_failed_rows_are_found_through_their_partial_index(
+    explained: tuple[BridgeApp, list[str]],
+) -> None:
+    """Removal's look for failed rows past their retention, and a job's supersede links,
+    say "success = false" as the partial index does: "IS false" read the whole table."""
+    bridge, plans = explained
+    now = datetime.now(UTC)
+    with bridge.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO worker_jobs (type, user_id, data, due, started, finished, success) "
+                "SELECT 'echo', n, '{}', now(), now(), now(), n % 500 <> 0 "
+                "FROM generate_series(1, 20000) AS n"
+            )
+        )
+        connection.execute(text("ANALYZE worker_jobs"))
+    job = schedule_job(WorkerJobConfig(type="echo", user_id=1), bridge=bridge)
+    plans.clear()
+    with bridge.engine.begin() as connection:
+        connection.execute(text("SET plan_cache_mode = force_custom_plan"))
+        bridge.store.delete_removable_jobs(
+            connection, now=now, failed_before=now - timedelta(days=7)
+        )
+        bridge.store.superseded_by(connection, job)
+    scans = [plan for plan in plans if "worker_jobs" in plan]
+    assert scans and not [plan for plan in scans if "Seq Scan on worker_jobs" in plan]
+    assert sum("ix_worker_jobs_failed_finished" in plan for plan in scans) >= 2

@@ -510,7 +510,9 @@ def superseded_by(connection: Connection, job: Job) -> list[JobSummary]:
     rows = connection.execute(
         select(*_summary_columns())
         .where(
-            c.success.is_(False),
+            # "= false", as the partial index's predicate says: "IS false" would
+            # not prove it, and the lookup would read the whole table.
+            c.success == False,  # noqa: E712
             c.finished == job.created_at,
             c.type == job.type,
             c.user_id == job.user_id,
