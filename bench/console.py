@@ -467,6 +467,8 @@ class Landmarks:
     user_id: int
     #: A finished cron row with earlier and later rows in its chain.
     lineage_job: int
+    #: The Celery task id of the middle row (Flower's id, looked up in the table).
+    task_id: str
     #: When it was loaded: the time ranges asked for are a week and a month before.
     now: datetime
 
@@ -498,7 +500,19 @@ def landmarks(engine: Engine) -> Landmarks:
             "ORDER BY live.id LIMIT 1 OFFSET :half",
             half=live_series // 2,
         )
-    return Landmarks(rows, minutes, live_series, middle_id, user_id, lineage_job, datetime.now(UTC))
+        task_id = connection.execute(
+            text(
+                "SELECT task_id FROM worker_jobs WHERE id >= :id AND task_id IS NOT NULL "
+                "ORDER BY id LIMIT 1"
+            ),
+            {"id": middle_id},
+        ).scalar()
+        if task_id is None:
+            raise BenchError("the data set has no row with a task id")
+    return Landmarks(
+        rows, minutes, live_series, middle_id, user_id, lineage_job, str(task_id),
+        datetime.now(UTC),
+    )  # fmt: skip
 
 
 # --- the pages --------------------------------------------------------------------------
@@ -528,6 +542,7 @@ def pages(marks: Landmarks) -> list[Page]:
         jobs("jobs of the big type", type=BIG_TYPE),
         jobs("jobs of the rare type", type=RARE_TYPE),
         jobs("jobs of one user", user=marks.user_id),
+        jobs("a task id from Flower", task_id=marks.task_id),
         jobs("pending jobs", state="pending"),
         jobs("failed jobs", state="failed"),
         jobs("data contains a rare plan", data=json.dumps({"plan": RARE_PLAN})),

@@ -135,6 +135,7 @@ class WorkerJob(Base):
             )
             for name, key in (
                 ("ix_worker_jobs_type_id", '(type COLLATE "C")'),
+                ("ix_worker_jobs_task_id", '(task_id COLLATE "C")'),
                 ("ix_worker_jobs_user_id_id", "(CAST(user_id AS BIGINT))"),
                 ("ix_worker_jobs_finished_id", _UTC.format("finished")),
                 ("ix_worker_jobs_due_id", _UTC.format("due")),
@@ -349,7 +350,7 @@ class _ConsoleKey(FunctionElement[Any]):
 def _console_key_pg(element: _ConsoleKey, compiler: Any, **kw: Any) -> str:
     (column,) = element.clauses
     sql = compiler.process(column, **kw)
-    if column.name == "type":
+    if column.name in ("type", "task_id"):
         return f'({sql} COLLATE "C")'
     if column.name == "user_id":
         return f"(CAST({sql} AS BIGINT))"
@@ -363,15 +364,15 @@ def _console_key_default(element: _ConsoleKey, compiler: Any, **kw: Any) -> str:
 
 
 #: The columns :func:`console_key` keys.
-CONSOLE_KEYS = ("type", "user_id", "due", "finished")
+CONSOLE_KEYS = ("type", "user_id", "task_id", "due", "finished")
 
 
 def console_key(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """``column`` (type, user_id, due or finished) as the console's indexes key it.
+    """``column`` (type, user_id, task_id, due or finished) as the console's indexes key it.
 
-    On PostgreSQL an expression equal in value to the column (``type COLLATE
-    "C"``, ``CAST(user_id AS BIGINT)``, the instant through UTC and back),
-    which the console's filters spell out and nothing else does: the console's
+    On PostgreSQL an expression equal in value to the column (the text
+    columns ``COLLATE "C"``, ``CAST(user_id AS BIGINT)``, the instant through
+    UTC and back), which the console's filters spell out and nothing else does: the console's
     indexes serve the console alone, and never enter the plans of the
     statements on the hot path (a plain ``(due, id)`` index, for one, could be
     picked by the dispatcher's claim on a table without statistics and scan

@@ -170,7 +170,7 @@ def test_console_benchmark_prints_a_line_per_page() -> None:
     table = [line for line in output.splitlines() if line.startswith("|")]
     header, rule, *lines = table
     assert "median ms" in header and set(rule) <= set("|-: "), output
-    expected = pages(Landmarks(0, 0, 0, 1, 1, 1, datetime.now(UTC)))
+    expected = pages(Landmarks(0, 0, 0, 1, 1, 1, "task", datetime.now(UTC)))
     assert len(lines) == len(expected), output
     for line, page in zip(lines, expected, strict=True):
         cells = [cell.strip() for cell in line.strip("|").split("|")]

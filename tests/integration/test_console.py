@@ -399,3 +399,32 @@ def test_a_broker_that_is_down_is_unknown_not_a_hang() -> None:
     started = time.monotonic()
     assert queued_messages(Celery(broker="redis://127.0.0.1:1/0"), {"celery"}) is None
     assert time.monotonic() - started < 2 * CONNECT_TIMEOUT + 2
+
+
+def test_review_cases_a_job_result_an_empty_data_filter_a_bad_page_and_flower_tokens(
+    bridge: BridgeApp, job_factory: JobFactory
+) -> None:
+    now = datetime.now(UTC)
+    http = client(bridge)
+    # A job's own result may say anything, "cancelled_by" included: not a supersede link.
+    odd = job_factory(user_id=1, started=now, finished=now, success=True,
+                      result={"cancelled_by": "abc"})  # fmt: skip
+    liar = job_factory(user_id=2, started=now, finished=now, success=True,
+                       result={"cancelled_by": 5})  # fmt: skip
+    for job in (odd, liar):
+        page = http.get(f"/jobs/{job.id}")
+        assert page.status_code == 200 and 'id="cancelled-by"' not in page.text
+    # data {} is contained in every row: no filter, and never a bulk cancel of everything.
+    empty = html.unescape(http.get("/jobs", params={"data": "{}"}).text)
+    assert "name at least one key" in empty
+    preview = html.unescape(http.get("/jobs/cancel", params={"data": "{}"}).text)
+    assert 'id="confirm"' not in preview and "name at least one key" in preview
+    # A page cursor that is not a time is refused, not ignored.
+    bad = http.get("/jobs", params={"field": "due", "since": now.isoformat(), "before": "5",
+                                    "before_at": "soon"})  # fmt: skip
+    assert "before_at must be a date and time" in bad.text
+    # A token in Flower's query string never reaches a page.
+    sent = job_factory(user_id=3, dispatched_at=now, task_id="t-9")
+    tokened = client(bridge, flower_url="http://flower.internal/?token=s3cret#x")
+    linked = tokened.get(f"/jobs/{sent.id}").text
+    assert 'href="http://flower.internal/task/t-9"' in linked and "s3cret" not in linked

@@ -30,6 +30,7 @@ from worker_bridge.store.reports import JobFilter
 
 CONSOLE_INDEXES = (
     "ix_worker_jobs_type_id",
+    "ix_worker_jobs_task_id",
     "ix_worker_jobs_user_id_id",
     "ix_worker_jobs_due_id",
     "ix_worker_jobs_finished_id",
@@ -130,8 +131,8 @@ def test_the_console_queries_do_use_them(explained: tuple[BridgeApp, list[str]])
         # The console's indexes hold finished rows: finish most of them.
         connection.execute(
             text(
-                "UPDATE worker_jobs SET started = now(), finished = now(), success = true "
-                "WHERE id % 10 <> 0"
+                "UPDATE worker_jobs SET started = now(), finished = now(), success = true, "
+                "task_id = 'task-' || id WHERE id % 10 <> 0"
             )
         )
         connection.execute(text("ANALYZE worker_jobs"))
@@ -144,6 +145,7 @@ def test_the_console_queries_do_use_them(explained: tuple[BridgeApp, list[str]])
         store.list_jobs(connection, JobFilter(job_type="other"))
         store.list_jobs(connection, JobFilter(job_type="echo", status=JobState.SUCCEEDED))
         store.list_jobs(connection, JobFilter(user_id=3))
+        store.list_jobs(connection, JobFilter(task_id="task-7"))
         store.list_jobs(connection, JobFilter(data={"n": 3}))
         store.list_jobs(connection, JobFilter(since=now - timedelta(hours=1)))
         store.list_jobs(connection, JobFilter(time_field="finished", until=now))

@@ -93,7 +93,7 @@ def test_db_upgrade_creates_the_table_and_is_idempotent(empty_database: str) -> 
         with engine.connect() as connection:
 
             def compared(obj: object, name: str | None, *_: object) -> bool:
-                return name != "ix_worker_jobs_type_id"
+                return name not in ("ix_worker_jobs_type_id", "ix_worker_jobs_task_id")
 
             context = MigrationContext.configure(
                 connection, opts={"version_table": VERSION_TABLE, "include_object": compared}
@@ -103,12 +103,16 @@ def test_db_upgrade_creates_the_table_and_is_idempotent(empty_database: str) -> 
                 connection.execute(
                     text(
                         "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = "
-                        "'worker_jobs' AND indexname LIKE 'ix_worker_jobs_%_id'"
+                        "'worker_jobs' AND indexname LIKE 'ix_worker_jobs_%id'"
                     )
                 ).all()
             )
         only_finished = " WHERE (finished IS NOT NULL)"
-        assert definitions["ix_worker_jobs_type_id"].endswith('(type COLLATE "C", id)' + only_finished)
+        for index, column in (
+            ("ix_worker_jobs_type_id", "type"),
+            ("ix_worker_jobs_task_id", "task_id"),
+        ):
+            assert definitions[index].endswith(f'({column} COLLATE "C", id)' + only_finished)
         assert definitions["ix_worker_jobs_user_id_id"].endswith(
             "(((user_id)::bigint), id)" + only_finished
         )
@@ -155,7 +159,8 @@ def test_0002_builds_the_console_indexes_on_a_table_with_rows(empty_database: st
         upgrade_database(engine)
         indexes = {index["name"] for index in inspect(engine).get_indexes("worker_jobs")}
         assert {
-            "ix_worker_jobs_type_id", "ix_worker_jobs_user_id_id", "ix_worker_jobs_finished_id",
+            "ix_worker_jobs_type_id", "ix_worker_jobs_task_id", "ix_worker_jobs_user_id_id",
+            "ix_worker_jobs_finished_id",
             "ix_worker_jobs_due_id", "ix_worker_jobs_live_cron", "ix_worker_jobs_data",
         } <= indexes  # fmt: skip
         with engine.connect() as connection:

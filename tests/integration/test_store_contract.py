@@ -1782,3 +1782,50 @@ def test_a_time_range_lists_by_that_time_and_pages_on_it(contract_bridge: Bridge
             pages.append([row.id for row in page])
             before = (page[-1].due, page[-1].id)
     assert pages == [[by_time[0].id, by_time[1].id], [by_time[2].id, by_time[3].id]]
+
+
+def test_a_time_range_pages_across_live_and_finished_rows_with_ties(
+    contract_bridge: BridgeApp,
+) -> None:
+    """The list merges finished and live rows; a page boundary inside a run of equal
+    times, with live and finished rows on both sides, neither skips nor repeats a row."""
+    from worker_bridge.store.reports import JobFilter
+
+    at = NOW - timedelta(minutes=10)
+    rows = []
+    for n in range(9):
+        finished = _succeeded(finished=NOW) if n % 2 else {}
+        due = at if n < 6 else at - timedelta(minutes=1)
+        rows.append(_put(contract_bridge, user_id=n, due=due, **finished))
+    expected = [row.id for row in sorted(rows, key=lambda r: (r.due, r.id), reverse=True)]
+    where = JobFilter(since=NOW - timedelta(hours=1))
+    seen: list[int] = []
+    with contract_bridge.engine.connect() as connection:
+        before: tuple[datetime, int] | None = None
+        for _ in range(10):
+            page = contract_bridge.store.list_jobs(
+                connection, where, limit=2,
+                before_id=before[1] if before else None, before_at=before[0] if before else None,
+            )  # fmt: skip
+            if not page:
+                break
+            seen += [row.id for row in page]
+            before = (page[-1].due, page[-1].id)
+    assert seen == expected
+    assert JobFilter(data={}).is_empty and not JobFilter(data={"a": 1}).is_empty
+
+
+def test_bulk_cancel_goes_on_past_one_chunk(
+    contract_bridge: BridgeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker_bridge import control
+    from worker_bridge.store.reports import JobFilter
+
+    monkeypatch.setattr(control, "BULK_CHUNK", 3)
+    live = [_put(contract_bridge, user_id=n) for n in range(8)]
+    other = _put(contract_bridge, type="other", user_id=1)
+    done = control.cancel_jobs(JobFilter(job_type="echo"), bridge=contract_bridge)
+    assert done.cancelled == len(live)
+    rows = {row.id: row for row in _rows(contract_bridge)}
+    assert all(rows[row.id].state is JobState.CANCELLED for row in live)
+    assert rows[other.id].state is JobState.PENDING

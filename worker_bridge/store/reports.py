@@ -8,7 +8,7 @@ the timestamps lives in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,8 +135,8 @@ class JobFilter:
 
     @property
     def is_empty(self) -> bool:
-        """Whether it selects every row."""
-        return self == JobFilter(time_field=self.time_field)
+        """Whether it selects every row (``data={}`` is contained in every row's data)."""
+        return replace(self, data=self.data or None) == JobFilter(time_field=self.time_field)
 
     def where(self, dialect: str, *, keyed: bool = True) -> ColumnElement[bool]:
         """The filter as a SQL condition for the ``dialect`` (``true()`` when empty).
@@ -158,8 +158,8 @@ class JobFilter:
         if self.status is not None:
             conditions.append(state_condition(self.status))
         if self.task_id is not None:
-            conditions.append(c.task_id == self.task_id)
-        if self.data is not None:
+            conditions.append(key(c.task_id) == self.task_id)
+        if self.data:  # an empty object is contained in every row's data: no filter
             if dialect != "postgresql":
                 raise ConfigurationError(
                     f"filtering on data (JSON containment) needs PostgreSQL; this is {dialect}"

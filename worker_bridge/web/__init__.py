@@ -193,7 +193,7 @@ class Console:
                 try:
                     rows = app.store.list_jobs(
                         connection, where, limit=PAGE_SIZE, before_id=extra["before"],
-                        before_at=_moment(query, "before_at", self.zone, problems),
+                        before_at=extra["before_at"],
                     )  # fmt: skip
                     count = app.store.count_jobs(connection, where, cap=COUNT_CAP)
                 except ConfigurationError as exc:
@@ -229,7 +229,15 @@ class Console:
             max_in_flight=app.settings.max_in_flight,
         )  # fmt: skip
         result = row.result
-        cancelled_by = result.get("cancelled_by") if isinstance(result, dict) else None
+        # Only a cancelled row's result is ours to read; a job's own result may
+        # hold any key, "cancelled_by" included.
+        cancelled_by = (
+            result.get("cancelled_by")
+            if row.state is JobState.CANCELLED and isinstance(result, dict)
+            else None
+        )
+        if not isinstance(cancelled_by, int) or isinstance(cancelled_by, bool):
+            cancelled_by = None
         flower = _without_credentials(self.settings.flower_url)
         return self.render(
             request, "job.html", job=row, steps=timeline(row), lineage=lineage,
@@ -407,7 +415,8 @@ def _without_credentials(url: str | None) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    # A query or fragment may carry a token; the link needs neither.
+    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
 
 
 def _filter_fields(query: Mapping[str, str]) -> dict[str, str]:
@@ -447,10 +456,14 @@ def _moment(query: Mapping[str, str], name: str, zone: ZoneInfo, problems: list[
 
 def _job_filters(
     query: Mapping[str, str], zone: ZoneInfo
-) -> tuple[JobFilter, dict[str, int | None], list[str]]:
+) -> tuple[JobFilter, dict[str, Any], list[str]]:
     """The job list's filter from the query string, the id and page, and what is wrong."""
     problems: list[str] = []
-    extra = {"job_id": _number(query, "id", problems), "before": _number(query, "before", problems)}
+    extra = {
+        "job_id": _number(query, "id", problems),
+        "before": _number(query, "before", problems),
+        "before_at": _moment(query, "before_at", zone, problems),
+    }
     state = None
     state_text = query.get("state", "").strip()
     if state_text:
@@ -468,6 +481,9 @@ def _job_filters(
         else:
             if not isinstance(data, dict):
                 problems.append(f"data must be a JSON object, got {type(data).__name__}")
+                data = None
+            elif not data:
+                problems.append("data {} is contained in every job's data: name at least one key")
                 data = None
     time_field = query.get("field", "") or "due"
     if time_field not in TIME_FIELDS:

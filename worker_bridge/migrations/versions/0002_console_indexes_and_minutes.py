@@ -46,6 +46,8 @@ def _indexes() -> list[tuple[str, list[Any], dict[str, Any]]]:
     finished = {"postgresql_where": sa.text("finished IS NOT NULL")}
     return [
         ("ix_worker_jobs_type_id", [sa.text('(type COLLATE "C")'), "id"], finished),
+        # From Flower's task id to its row.
+        ("ix_worker_jobs_task_id", [sa.text('(task_id COLLATE "C")'), "id"], finished),
         ("ix_worker_jobs_user_id_id", [sa.text("(CAST(user_id AS BIGINT))"), "id"], finished),
         ("ix_worker_jobs_finished_id", [sa.text(_UTC.format("finished")), "id"], finished),
         ("ix_worker_jobs_due_id", [sa.text(_UTC.format("due")), "id"], finished),
