@@ -79,7 +79,8 @@ def _free_redis_db() -> int:
     pytest.fail("no free Redis database number for the benchmark")
 
 
-def test_quick_benchmark_prints_every_measurement() -> None:
+def _run_bench(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <arguments>`` against the test run's services, on a free Redis database."""
     env = {
         **os.environ,
         "WORKER_BRIDGE_BENCH_REDIS_URL": f"redis://{REDIS_HOST}:6379",
@@ -87,8 +88,8 @@ def test_quick_benchmark_prints_every_measurement() -> None:
     admin_url = os.environ.get("WORKER_BRIDGE_TEST_ADMIN_URL")
     if admin_url:
         env["WORKER_BRIDGE_BENCH_ADMIN_URL"] = admin_url
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--redis-db", str(_free_redis_db())],
+    return subprocess.run(
+        [sys.executable, "-m", *arguments, "--redis-db", str(_free_redis_db())],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -96,6 +97,10 @@ def test_quick_benchmark_prints_every_measurement() -> None:
         timeout=240,
         check=False,
     )
+
+
+def test_quick_benchmark_prints_every_measurement() -> None:
+    completed = _run_bench("bench", "--quick")
     output = completed.stdout
     assert completed.returncode == 0, f"{output}\n{completed.stderr[-8000:]}"
 
@@ -146,23 +151,7 @@ def test_console_benchmark_prints_a_line_per_page() -> None:
 
     from bench.console import Landmarks, pages
 
-    env = {
-        **os.environ,
-        "WORKER_BRIDGE_BENCH_REDIS_URL": f"redis://{REDIS_HOST}:6379",
-    }
-    admin_url = os.environ.get("WORKER_BRIDGE_TEST_ADMIN_URL")
-    if admin_url:
-        env["WORKER_BRIDGE_BENCH_ADMIN_URL"] = admin_url
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.console", "--rows", "20000", "--repeat", "2",
-         "--redis-db", str(_free_redis_db())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    completed = _run_bench("bench.console", "--rows", "20000", "--repeat", "2")
     output = completed.stdout
     assert completed.returncode == 0, f"{output}\n{completed.stderr[-8000:]}"
     assert "PostgreSQL" in output and "20,000 in worker_jobs" in output, output
