@@ -84,3 +84,17 @@ def test_the_chart_sums_types_per_minute_over_the_last_hour() -> None:
     assert drawn.lag_mean.count(",") == 1  # one minute with runs: one point a line
     empty = chart.last_hour([], now=NOW)
     assert empty.finished == 0 and empty.lag_mean == ""
+
+
+def test_a_page_of_series_shares_its_fire_times_and_reads_the_same() -> None:
+    lines = [
+        CronSeries(summary(n, NOW - timedelta(minutes=13, seconds=30), JobState.PENDING), [
+            summary(100 + n, NOW - timedelta(minutes=28, seconds=30), JobState.SUCCEEDED)
+        ])
+        for n in range(20)
+    ]  # fmt: skip
+    fire = series.fire_times()
+    shared = [series.describe(line, now=NOW, zone="UTC", fire=fire) for line in lines]
+    alone = [series.describe(line, now=NOW, zone="UTC") for line in lines]
+    assert shared == alone
+    assert fire.cache_info().misses < fire.cache_info().hits  # type: ignore[attr-defined]

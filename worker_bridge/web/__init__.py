@@ -273,7 +273,8 @@ class Console:
                     limit=PAGE_SIZE, history=SERIES_HISTORY,
                 )  # fmt: skip
             now = datetime.now(UTC)
-            lines = [series.describe(item, now=now, zone=self.zone) for item in found]
+            fire = series.fire_times()
+            lines = [series.describe(item, now=now, zone=self.zone, fire=fire) for item in found]
             if len(found) == PAGE_SIZE:
                 last = found[-1].live
                 later = {k: v for k, v in query.items() if k != "after" and v}

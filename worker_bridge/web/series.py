@@ -5,8 +5,10 @@ Pure functions of the rows, ``now`` and the zone the schedule is read in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from functools import lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -40,8 +42,23 @@ class SeriesLine:
         return self.missed >= MISSED_CAP
 
 
+#: ``next_fire(schedule, after, zone)``: a page passes one that remembers, since its
+#: series mostly share a few schedules and fire times.
+FireTime = Callable[[str, datetime, str | tzinfo], datetime]
+
+
+def fire_times() -> FireTime:
+    """A ``next_fire`` that remembers its answers: one per page of series."""
+    return lru_cache(maxsize=4096)(next_fire)
+
+
 def describe(
-    series: CronSeries, *, now: datetime, zone: str | tzinfo, fires: int = 5
+    series: CronSeries,
+    *,
+    now: datetime,
+    zone: str | tzinfo,
+    fires: int = 5,
+    fire: FireTime = next_fire,
 ) -> SeriesLine:
     """The line of ``series`` at ``now``, its schedule read in ``zone``."""
     live = series.live
@@ -50,7 +67,7 @@ def describe(
     upcoming: list[datetime] = []
     moment = now
     for _ in range(fires):
-        moment = next_fire(schedule, moment, zone)
+        moment = fire(schedule, moment, zone)
         upcoming.append(moment)
     unstarted = live.status in (JobState.PENDING, JobState.DISPATCHED)
     waited = (now - live.due).total_seconds()
@@ -62,21 +79,29 @@ def describe(
         dues.append(now)
     missed = 0
     for earlier, later in pairwise(dues):
-        missed += _fires_between(schedule, earlier, later, zone, MISSED_CAP - missed)
+        missed += _fires_between(
+            fire, schedule, (earlier, later), zone=zone, cap=MISSED_CAP - missed
+        )
         if missed >= MISSED_CAP:
             break
     return SeriesLine(series, [fire.astimezone(_tz(zone)) for fire in upcoming], late, missed)
 
 
 def _fires_between(
-    schedule: str, start: datetime, end: datetime, zone: str | tzinfo, cap: int
+    fire: FireTime,
+    schedule: str,
+    window: tuple[datetime, datetime],
+    *,
+    zone: str | tzinfo,
+    cap: int,
 ) -> int:
-    """Fire times strictly between ``start`` and ``end``, counting no further than ``cap``."""
+    """Fire times strictly inside ``window``, counting no further than ``cap``."""
+    start, end = window
     count = 0
-    moment = next_fire(schedule, start, zone)
+    moment = fire(schedule, start, zone)
     while moment < end and count < cap:
         count += 1
-        moment = next_fire(schedule, moment, zone)
+        moment = fire(schedule, moment, zone)
     return count
 
 
