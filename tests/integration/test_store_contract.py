@@ -1829,3 +1829,26 @@ def test_bulk_cancel_goes_on_past_one_chunk(
     rows = {row.id: row for row in _rows(contract_bridge)}
     assert all(rows[row.id].state is JobState.CANCELLED for row in live)
     assert rows[other.id].state is JobState.PENDING
+
+
+def test_run_again_retried_after_a_lost_reply_returns_its_own_row(
+    contract_bridge: BridgeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry after a lost reply (the commit went through) finds the row its first try
+    wrote, and returns it instead of calling it somebody else's follow-up."""
+    from worker_bridge import control
+    from worker_bridge.errors import JobStateError
+
+    failed = _put(contract_bridge, user_id=1, **_failed())
+
+    def twice(_self: BridgeApp, _what: str, work: Any, patience: float | None = None) -> Any:
+        work()  # committed; its reply "lost"
+        return work()
+
+    monkeypatch.setattr(BridgeApp, "reconnecting", twice)
+    new = control.run_again(failed.id, bridge=contract_bridge)
+    assert new.rescheduled_from_job == failed.id
+    assert [row.id for row in _rows(contract_bridge) if row.rescheduled_from_job] == [new.id]
+    monkeypatch.undo()
+    with pytest.raises(JobStateError, match=f"already has a follow-up, job {new.id}"):
+        control.run_again(failed.id, bridge=contract_bridge)
