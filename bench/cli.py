@@ -158,6 +158,37 @@ def print_report(machine: str, args: argparse.Namespace, seconds: float, lines: 
         print(format_table(lines))
 
 
+def clean_up(
+    processes: Processes | None,
+    db: BenchDatabase | None,
+    redis_db: BenchRedis | None,
+    *,
+    keep_db: bool,
+) -> int:
+    """Stop every process group, drop the database, release the Redis database; how many failed.
+
+    Whatever happened before: one clean-up failing (a server restarted) does not
+    skip the others.
+    """
+    cleanups: list[tuple[str, Callable[[], None]]] = []
+    if processes is not None:
+        cleanups.append(("stopping the processes", processes.stop_all))
+    if db is not None:
+        cleanups.append(("dropping the database", lambda: db.drop(keep=keep_db)))
+    if redis_db is not None:
+        cleanups.append(("releasing the Redis database", redis_db.release))
+    failed = 0
+    for what, cleanup in cleanups:
+        try:
+            cleanup()
+        except Exception as exc:
+            failed += 1
+            say(f"clean-up failed, {what}: {exc}")
+    if db is not None and keep_db:
+        say(f"kept database {db.name}")
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
@@ -188,23 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"cannot run: {exc}")
         errors += 1
     finally:
-        # Every process group, the databases and the Redis database, whatever
-        # happened; one clean-up failing (a server restarted) does not skip the others.
-        cleanups: list[tuple[str, Callable[[], None]]] = []
-        if processes is not None:
-            cleanups.append(("stopping the processes", processes.stop_all))
-        if db is not None:
-            cleanups.append(("dropping the databases", lambda: db.drop(keep=args.keep_db)))
-        if redis_db is not None:
-            cleanups.append((f"releasing Redis database {args.redis_db}", redis_db.release))
-        for what, cleanup in cleanups:
-            try:
-                cleanup()
-            except Exception as exc:
-                errors += 1
-                say(f"clean-up failed, {what}: {exc}")
-        if db is not None and args.keep_db:
-            say(f"kept database {db.name}")
+        errors += clean_up(processes, db, redis_db, keep_db=args.keep_db)
         if errors or interrupted:
             say(f"celery logs kept in {log_dir}")
         else:

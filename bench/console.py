@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +40,7 @@ from urllib.parse import unquote_plus, urlencode
 
 from sqlalchemy import Engine, text
 
-from bench.cli import Interrupted, _on_sigterm
+from bench.cli import Interrupted, _on_sigterm, clean_up
 from bench.infra import BenchDatabase, BenchError, BenchRedis, Processes, process_env, wait_for
 from bench.measurements import say
 from bench.report import describe_machine, percentile
@@ -764,26 +764,7 @@ class Run:
 
         One clean-up failing does not skip the others.
         """
-        cleanups: list[tuple[str, Callable[[], None]]] = []
-        if self.processes is not None:
-            cleanups.append(("stopping the console", self.processes.stop_all))
-        db = self.db
-        if db is not None:
-            cleanups.append(("dropping the database", lambda: db.drop(keep=self.args.keep_db)))
-        if self.redis_db is not None:
-            cleanups.append(
-                (f"releasing Redis database {self.args.redis_db}", self.redis_db.release)
-            )
-        failed = 0
-        for what, cleanup in cleanups:
-            try:
-                cleanup()
-            except Exception as exc:
-                failed += 1
-                say(f"clean-up failed, {what}: {exc}")
-        if db is not None and self.args.keep_db:
-            say(f"kept database {db.name}")
-        return failed
+        return clean_up(self.processes, self.db, self.redis_db, keep_db=self.args.keep_db)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,7 +89,7 @@ def cancel_job(
         )
     stopped = False
     if before.state is JobState.RUNNING and before.task_id and not sharing:
-        stopped = _revoke(celery or bridge.celery, before.task_id, job_id)
+        stopped = _revoke(celery_of(bridge, celery), before.task_id, job_id)
     return Cancellation(before, after, stopped)
 
 
@@ -132,14 +132,12 @@ def cancel_jobs(
     def chunk() -> tuple[int, list[tuple[str, int]]]:
         with bridge.engine.begin() as connection:
             ids = store.live_ids(connection, where, limit=BULK_CHUNK, up_to=up_to)
-            running = [
-                job for job in store.get_jobs(connection, ids) if job.state is JobState.RUNNING
-            ]
+            running = store.running_attempts(connection, ids)
             count = store.cancel_jobs(connection, ids, now=datetime.now(UTC), reason=reason)
             stop = [
-                (job.task_id, job.id)
-                for job in running
-                if job.task_id and not store.live_rows_of_attempt(connection, job.type, job.task_id)
+                (task_id, job_id)
+                for job_id, job_type, task_id in running
+                if not store.live_rows_of_attempt(connection, job_type, task_id)
             ]
         return count, stop
 
@@ -150,7 +148,7 @@ def cancel_jobs(
         count, stop = bridge.reconnecting("cancelling jobs in bulk", chunk)
         cancelled += count
         for task_id, job_id in stop:
-            stopped += _revoke(celery or bridge.celery, task_id, job_id)
+            stopped += _revoke(celery_of(bridge, celery), task_id, job_id)
         if count < BULK_CHUNK:
             return BulkCancellation(cancelled, stopped)
 
@@ -242,11 +240,19 @@ def _has_follow_up(job_id: int, follow_up: int) -> JobStateError:
     )
 
 
-def _revoke(celery: Celery | None, task_id: str, job_id: int) -> bool:
-    if celery is None:
-        from worker_bridge.celery_app import default_app
+def celery_of(bridge: BridgeApp, celery: Celery | None = None) -> Celery:
+    """The Celery app to reach the workers through: ``celery``, else the bridge's, else
+    the default one (built from the config module on first use)."""
+    if celery is not None:
+        return celery
+    if bridge.celery is not None:
+        return bridge.celery
+    from worker_bridge.celery_app import default_app
 
-        celery = default_app()
+    return default_app()
+
+
+def _revoke(celery: Celery, task_id: str, job_id: int) -> bool:
     try:
         celery.control.revoke(task_id, terminate=True, signal="SIGTERM")
     except Exception as exc:

@@ -109,6 +109,8 @@ class Store(ABC):
     live_ids = staticmethod(reports.live_ids)
     #: The highest id in the table.
     last_id = staticmethod(reports.last_id)
+    #: (id, type, task id) of the running rows among some ids.
+    running_attempts = staticmethod(reports.running_attempts)
     #: Live cron rows, each with the rows before it in its chain.
     cron_series = staticmethod(reports.cron_series)
     #: The row that follows a job in its chain, if any.

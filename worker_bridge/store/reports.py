@@ -8,6 +8,7 @@ the timestamps lives in one place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -300,6 +301,20 @@ def live_ids(
     if up_to is not None:
         query = query.where(jobs_table.c.id <= up_to)
     return [row.id for row in connection.execute(query)]
+
+
+def running_attempts(connection: Connection, job_ids: Sequence[int]) -> list[tuple[int, str, str]]:
+    """(id, type, task id) of the running rows among ``job_ids``: what a cancel must stop.
+
+    Only those three columns: a row's data and result may each be a MiB.
+    """
+    c = jobs_table.c
+    rows = connection.execute(
+        select(c.id, c.type, c.task_id)
+        .where(c.id.in_(list(job_ids)) & state_condition(JobState.RUNNING) & c.task_id.isnot(None))
+        .order_by(c.id)
+    )
+    return [(row.id, row.type, row.task_id) for row in rows]
 
 
 def last_id(connection: Connection) -> int:

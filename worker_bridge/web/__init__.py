@@ -160,7 +160,7 @@ class Console:
             totals["succeeded"] += item.succeeded
             totals["failed"] += item.failed
             totals["cancelled"] += item.cancelled
-        celery = app.celery or _default_celery()
+        celery = control.celery_of(app)
         queued = broker.queued_messages(celery, broker.job_queues(app, celery))
         types = sorted({row.type for row in backlog} | set(finished))
         return self.render(
@@ -200,14 +200,9 @@ class Console:
                     problems.append(str(exc))
                 else:
                     estimate = app.store.estimate_rows(connection) if where.is_empty else None
-                    more = {
-                        k: v
-                        for k, v in query.items()
-                        if k not in ("before", "before_at", "message") and v
-                    }
                     context.update(
                         rows=rows, count=count, estimate=estimate, filtered=not where.is_empty,
-                        older={**more, **_page_after(rows[-1], where)}
+                        older={**context["query_without_page"], **_page_after(rows[-1], where)}
                         if len(rows) == PAGE_SIZE else None,
                     )  # fmt: skip
         return self.render(request, "jobs.html", problems=problems, **context)
@@ -423,12 +418,6 @@ def _without_credentials(url: str | None) -> str | None:
 def _filter_fields(query: Mapping[str, str]) -> dict[str, str]:
     """The parameters that make up a filter (not the page, id, message or token)."""
     return {k: v for k, v in query.items() if k not in _NOT_FILTERS and v}
-
-
-def _default_celery() -> Any:
-    from worker_bridge.celery_app import default_app
-
-    return default_app()
 
 
 def _number(query: Mapping[str, str], name: str, problems: list[str]) -> int | None:
